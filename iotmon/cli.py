@@ -1,0 +1,148 @@
+"""The ``iotmon`` command: one entry point whose subcommands run every part of the system."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from iotmon import logs
+from iotmon.settings import Settings
+
+app = typer.Typer(
+    help="Factory IoT monitoring: stack, migrations, ingestion, processing, API.",
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
+stack_app = typer.Typer(
+    help="The local stack: Apache Kafka, PostgreSQL and Mosquitto.", no_args_is_help=True
+)
+topics_app = typer.Typer(help="Kafka topics of the registry.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+
+console = Console(stderr=True)
+log = logging.getLogger("iotmon")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logs.configure(settings.log)
+    return settings
+
+
+@stack_app.command("up")
+def stack_up(
+    migrate: bool = typer.Option(True, help="Apply database migrations once PostgreSQL answers."),
+    topics: bool = typer.Option(True, help="Create the registry's Kafka topics."),
+) -> None:
+    """Start every service that is not running yet and wait until each answers."""
+    from iotmon.stack import Stack, StackError  # noqa: PLC0415 - keep --help fast
+
+    settings = _settings()
+    try:
+        for name, state in Stack(settings).up().items():
+            console.print(f"{name}: {state}")
+    except StackError as exc:
+        console.print(f"[red]stack up failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if migrate:
+        _migrate(settings)
+    if topics:
+        _create_topics(settings)
+    _print_status(settings)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `stack up` started, and nothing else."""
+    from iotmon.stack import Stack  # noqa: PLC0415
+
+    for name, stopped in Stack(_settings()).down().items():
+        console.print(f"{name}: {'stopped' if stopped else 'was not running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each service, its address and whether it answers; exit 1 if one does not."""
+    if not _print_status(_settings()):
+        raise typer.Exit(1)
+
+
+def _print_status(settings: Settings) -> bool:
+    from iotmon.stack import Stack  # noqa: PLC0415
+
+    table = Table("service", "address", "managed by stack", "answering")
+    all_up = True
+    for st in Stack(settings).status():
+        all_up &= st.answering
+        table.add_row(
+            st.name,
+            st.address,
+            "yes" if st.managed else "no",
+            "[green]yes[/green]" if st.answering else "[red]no[/red]",
+        )
+    Console().print(table)
+    return all_up
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Apply pending database migrations (safe to re-run)."""
+    _migrate(_settings())
+
+
+def _migrate(settings: Settings) -> None:
+    from iotmon.db.migrate import MigrationError, current_version, migrate  # noqa: PLC0415
+
+    try:
+        applied = migrate(settings.db)
+    except MigrationError as exc:
+        console.print(f"[red]migration failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    version = current_version(settings.db)
+    console.print(
+        f"schema {settings.db.db_schema}: at version {version}"
+        + (f" (applied {applied})" if applied else " (nothing to apply)")
+    )
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the registry's topics that do not exist yet."""
+    _create_topics(_settings())
+
+
+def _create_topics(settings: Settings) -> None:
+    from iotmon.topics import ensure_topics  # noqa: PLC0415
+
+    created = ensure_topics(settings.kafka)
+    console.print(f"kafka topics: {len(created)} created" if created else "kafka topics: ok")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The registry: every topic with its key, partitions and cleanup policy."""
+    from schemas.topics import TOPICS, topic_name  # noqa: PLC0415
+
+    settings = _settings()
+    table = Table("topic", "key", "partitions", "cleanup", "what")
+    for spec in TOPICS.values():
+        table.add_row(
+            topic_name(spec.id, settings.kafka.topic_prefix),
+            spec.key,
+            str(spec.partitions or settings.kafka.default_partitions),
+            spec.cleanup_policy,
+            spec.description,
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,160 @@
+"""Schema migrations: ``infra/db/migrations/NNN_name.sql`` applied in order, once each.
+
+Each migration runs in its own transaction together with its row in ``schema_migrations``,
+so a failure leaves the schema at the previous version.  Re-running is harmless: applied
+migrations are skipped, and one whose file changed after it was applied is an error (write a
+new migration instead of editing an old one).  Concurrent runs are serialised by an advisory
+lock.  The application never creates tables at start-up; this is the only way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from iotmon.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The migrations could not be applied as written (bad file, edited history, SQL error)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql_text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def default_migrations_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "infra" / "db" / "migrations"
+
+
+def discover(directory: Path) -> list[Migration]:
+    """Migrations in ``directory`` sorted by version; MigrationError on a bad name or gap."""
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path.name}: migration files are named NNN_name.sql")
+        found.append(Migration(int(match[1]), match[2], path))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise MigrationError(f"migration versions must be 1..N without gaps, got {versions}")
+    return found
+
+
+def _policy_settings(settings: DatabaseSettings) -> dict[str, str]:
+    return {
+        "iotmon.raw_chunk_interval": settings.raw_chunk_interval,
+        "iotmon.aggregates_chunk_interval": settings.aggregates_chunk_interval,
+        "iotmon.raw_compress_after": settings.raw_compress_after,
+        "iotmon.raw_retention": settings.raw_retention,
+        "iotmon.aggregates_retention": settings.aggregates_retention,
+    }
+
+
+def _enable_timescaledb(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Create the extension when the server has it; True when it is enabled."""
+    row = conn.execute(
+        "SELECT installed_version IS NOT NULL, true FROM pg_available_extensions "
+        "WHERE name = 'timescaledb'"
+    ).fetchone()
+    if row is None:
+        return False
+    if not row[0]:
+        try:
+            with conn.transaction():
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        except psycopg.Error as exc:
+            log.warning("TimescaleDB is installed but could not be enabled: %s", exc)
+            return False
+    return True
+
+
+def migrate(settings: DatabaseSettings, directory: Path | None = None) -> list[int]:
+    """Apply pending migrations to ``settings.db_schema``; returns the versions applied now."""
+    migrations = discover(directory or default_migrations_dir())
+    schema = settings.db_schema
+    applied_now: list[int] = []
+    with psycopg.connect(settings.url, autocommit=True) as conn:
+        conn.add_notice_handler(lambda diag: log.info("%s", diag.message_primary))
+        timescale = _enable_timescaledb(conn)
+        log.info(
+            "database %s: %s",
+            conn.info.dbname,
+            "TimescaleDB enabled" if timescale else "plain PostgreSQL (no TimescaleDB)",
+        )
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        # Extension functions (TimescaleDB's) live in public.
+        conn.execute(sql.SQL("SET search_path TO {}, public").format(sql.Identifier(schema)))
+        conn.execute("SELECT pg_advisory_lock(hashtext('iotmon.migrate.' || %s))", (schema,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                int(v): str(c)
+                for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")
+            }
+            for m in migrations:
+                if m.version in done:
+                    if done[m.version] != m.checksum:
+                        raise MigrationError(
+                            f"migration {m.path.name} changed after it was applied to schema "
+                            f"{schema}; add a new migration instead"
+                        )
+                    continue
+                log.info("applying migration %s to schema %s", m.path.name, schema)
+                try:
+                    with conn.transaction():
+                        for key, value in _policy_settings(settings).items():
+                            conn.execute("SELECT set_config(%s, %s, true)", (key, value))
+                        conn.execute(m.sql_text.encode())
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) "
+                            "VALUES (%s, %s, %s)",
+                            (m.version, m.name, m.checksum),
+                        )
+                except psycopg.Error as exc:
+                    raise MigrationError(f"migration {m.path.name} failed: {exc}") from exc
+                applied_now.append(m.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('iotmon.migrate.' || %s))", (schema,))
+    return applied_now
+
+
+def current_version(settings: DatabaseSettings) -> int:
+    """The highest applied migration of the schema (0 when none)."""
+    with psycopg.connect(settings.url) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL",
+            (f"{settings.db_schema}.schema_migrations",),
+        ).fetchone()
+        if not row or not row[0]:
+            return 0
+        q = sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(
+            sql.Identifier(settings.db_schema)
+        )
+        version = conn.execute(q).fetchone()
+        return int(version[0]) if version else 0

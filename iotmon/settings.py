@@ -1,0 +1,126 @@
+"""Settings of every iotmon process, read once from the environment.
+
+Each entry point builds one :class:`Settings` (``Settings()``) and passes the sections it
+needs down to the code it composes; nothing else reads the environment.  Variables use the
+prefix ``IOTMON_`` and ``__`` between a section and its field, e.g.
+``IOTMON_KAFKA__BOOTSTRAP_SERVERS``.  ``DATABASE_URL`` is honoured as well, for the habit of
+most deployment platforms; it also tells ``iotmon stack`` not to start a PostgreSQL of its own.
+Every variable is listed in the README's settings table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    # root cannot keep a PostgreSQL cluster under /root (700): its services live under /var/lib.
+    if os.geteuid() == 0:
+        return Path("/var/lib/iotmon")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "iotmon"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "iotmon"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Prepended to every topic name of the registry; lets several deployments (or tests)
+    # share one cluster without seeing each other's data.
+    topic_prefix: str = ""
+    client_id: str = "iotmon"
+    default_partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "postgresql://iotmon@127.0.0.1:5433/iotmon"
+    # All tables live in this schema; migrations and queries set search_path to it.
+    db_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(8, ge=1)
+    # TimescaleDB-only policies (skipped on plain PostgreSQL).
+    raw_chunk_interval: str = "1 day"
+    raw_compress_after: str = "7 days"
+    raw_retention: str = "90 days"
+    aggregates_chunk_interval: str = "30 days"
+    aggregates_retention: str = ""  # empty: keep aggregates forever
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 11883
+    client_id: str = "iotmon-bridge"
+    # Prefix before "sensors/+/readings"; lets tests and several plants share a broker.
+    topic_prefix: str = ""
+    extra_topics: list[str] = Field(default_factory=list)
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = 30
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    json_format: bool = False
+
+
+class StackSettings(BaseModel):
+    """Where and how ``iotmon stack`` runs the local services."""
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    kafka_version: str = "4.4.0"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "768m"
+    postgres_port: int = 5433
+    postgres_bin_dir: Path | None = None  # found with pg_config / /usr/lib/postgresql
+    # False when DATABASE_URL names a server that someone else runs.
+    manage_postgres: bool = True
+    mosquitto_port: int = 11883
+    start_timeout_s: float = 90.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IOTMON_",
+        env_nested_delimiter="__",
+        env_file=None,
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "IOTMON_DATABASE_URL")
+    )
+
+    @model_validator(mode="after")
+    def _connect_to_stack(self) -> Settings:
+        """Addresses not set explicitly follow the local stack's ports."""
+        if self.database_url:
+            self.db.url = self.database_url
+            self.stack.manage_postgres = False
+        elif "url" not in self.db.model_fields_set:
+            self.db.url = f"postgresql://iotmon@127.0.0.1:{self.stack.postgres_port}/iotmon"
+        if "bootstrap_servers" not in self.kafka.model_fields_set:
+            self.kafka.bootstrap_servers = f"127.0.0.1:{self.stack.kafka_port}"
+        if "port" not in self.mqtt.model_fields_set:
+            self.mqtt.port = self.stack.mosquitto_port
+        return self

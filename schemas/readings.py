@@ -1,0 +1,125 @@
+"""Sensor readings: what gateways send, what the pipeline passes on, and dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.master import SENSOR_ID_PATTERN
+
+Source = Literal["mqtt", "kafka"]
+
+
+class ReadingPayload(BaseModel):
+    """The JSON object a gateway publishes for one reading (the documented wire format).
+
+    Numbers may also be decimal strings.  ``capture_dt`` without an offset is read in the
+    sensor's factory time zone.  A JSON array of such objects is a batch.  The original
+    system's row format (``t1``/``t2``/``t3`` for temperature/humidity/pcv_temperature) is
+    accepted as an alternative; see docs/wire-format.md.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sensor_id": "TEMPIOT-A011",
+                    "capture_dt": "2025-09-12T05:59:38.837Z",
+                    "temperature": 22.1,
+                    "humidity": 77.7,
+                    "pcv_temperature": 23.8,
+                }
+            ]
+        },
+    )
+
+    sensor_id: str = Field(pattern=SENSOR_ID_PATTERN)
+    capture_dt: datetime
+    temperature: Decimal | str
+    humidity: Decimal | str
+    pcv_temperature: Decimal | str | None = None
+
+
+class Reading(BaseModel):
+    """A validated reading, enriched with its location; values are exact decimals."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sensor_id: str
+    loc_id: str
+    capture_dt: datetime  # aware, UTC
+    temperature: Decimal
+    humidity: Decimal
+    pcv_temperature: Decimal | None
+    pcv_computed: bool = False
+    source: Source
+    received_at: datetime
+
+
+class ReadingBatch(BaseModel):
+    """Validated readings that share one partition of the readings topic.
+
+    One Kafka record carries many readings so that stream processing pays its per-event cost
+    once per batch, not once per reading.  Every reading in a batch hashes (murmur2 of its
+    sensor id) to the partition the batch was written to.
+    """
+
+    readings: list[Reading]
+
+
+class DeadLetterReason(StrEnum):
+    """Machine-readable reasons an input was rejected; also the label of the rejection counter."""
+
+    EMPTY_PAYLOAD = "empty_payload"
+    TOO_LARGE = "too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    STALE_TIMESTAMP = "stale_timestamp"
+    UNKNOWN_SENSOR = "unknown_sensor"
+    SENSOR_MISMATCH = "sensor_mismatch"
+    WRONG_TOPIC = "wrong_topic"
+
+
+class DeadLetterHeaders:
+    """Header names of a dead-letter record.  Its value is the original bytes, unchanged."""
+
+    REASON = "dlq.reason"
+    DETAIL = "dlq.detail"
+    SOURCE = "dlq.source"
+    ORIGIN_TOPIC = "dlq.origin.topic"
+    ORIGIN_PARTITION = "dlq.origin.partition"
+    ORIGIN_OFFSET = "dlq.origin.offset"
+    INDEX = "dlq.index"  # position of the item in a batch array
+
+
+class IngressHeaders:
+    """Headers the MQTT bridge sets on each raw record."""
+
+    MQTT_TOPIC = "mqtt.topic"
+    RECEIVED_AT = "received_at"  # ISO-8601 UTC instant the bridge received the message
+    GATEWAY = "gateway"  # MQTT client id / gateway name when the topic names one
+    SOURCE = "source"
+
+
+class DeadLetter(BaseModel):
+    """The decoded form of a dead-letter record (headers plus original bytes)."""
+
+    reason: DeadLetterReason
+    detail: str
+    source: Source
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    index: int | None = None
+    payload: bytes

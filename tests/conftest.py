@@ -1,0 +1,96 @@
+"""Fixtures on the real local stack (``iotmon stack up``, or the addresses in the environment).
+
+Every integration test gets its own Kafka topics (a unique topic prefix), consumer group,
+MQTT topic prefix and PostgreSQL schema, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from iotmon.db.migrate import migrate
+from iotmon.settings import DatabaseSettings, KafkaSettings, MqttSettings, Settings
+from iotmon.topics import delete_topics, ensure_topics
+from schemas.topics import TOPICS, topic_name
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings()
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stack(base_settings: Settings) -> Settings:
+    """The settings of a running stack; fails (not skips) when a service is down."""
+    missing = []
+    if not _reachable(base_settings.kafka.bootstrap_servers.split(",")[0]):
+        missing.append(f"Kafka at {base_settings.kafka.bootstrap_servers}")
+    if not _reachable(f"{base_settings.mqtt.host}:{base_settings.mqtt.port}"):
+        missing.append(f"Mosquitto at {base_settings.mqtt.host}:{base_settings.mqtt.port}")
+    try:
+        psycopg.connect(base_settings.db.url, connect_timeout=3).close()
+    except psycopg.Error:
+        missing.append("PostgreSQL")
+    if missing:
+        pytest.fail("the local stack is not running (`iotmon stack up`): " + ", ".join(missing))
+    return base_settings
+
+
+@pytest.fixture
+def test_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def kafka(stack: Settings, test_id: str) -> Iterator[KafkaSettings]:
+    """Kafka settings with a topic prefix of this test; the registry's topics exist."""
+    settings = stack.kafka.model_copy(update={"topic_prefix": f"test.{test_id}."})
+    ensure_topics(settings)
+    yield settings
+    delete_topics(settings, [topic_name(t, settings.topic_prefix) for t in TOPICS])
+
+
+@pytest.fixture
+def group_id(test_id: str) -> str:
+    return f"test-{test_id}"
+
+
+@pytest.fixture
+def empty_schema(stack: Settings, test_id: str) -> Iterator[DatabaseSettings]:
+    """Database settings pointing at a schema of this test, with no tables yet."""
+    settings = stack.db.model_copy(update={"db_schema": f"test_{test_id}"})
+    yield settings
+    with psycopg.connect(settings.url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.db_schema))
+        )
+
+
+@pytest.fixture
+def db(empty_schema: DatabaseSettings) -> DatabaseSettings:
+    """Database settings of a migrated schema of this test."""
+    migrate(empty_schema)
+    return empty_schema
+
+
+@pytest.fixture
+def mqtt(stack: Settings, test_id: str) -> MqttSettings:
+    """MQTT settings with a topic prefix and client id of this test."""
+    return stack.mqtt.model_copy(
+        update={"topic_prefix": f"test/{test_id}/", "client_id": f"bridge-{test_id}"}
+    )
