@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,8 +23,10 @@ stack_app = typer.Typer(
     help="The local stack: Apache Kafka, PostgreSQL and Mosquitto.", no_args_is_help=True
 )
 topics_app = typer.Typer(help="Kafka topics of the registry.", no_args_is_help=True)
+locations_app = typer.Typer(help="Master data: locations and sensors.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
+app.add_typer(locations_app, name="locations")
 
 console = Console(stderr=True)
 log = logging.getLogger("iotmon")
@@ -139,6 +143,58 @@ def topics_list() -> None:
             spec.description,
         )
     Console().print(table)
+
+
+@app.command("bridge")
+def bridge_cmd() -> None:
+    """MQTT -> Kafka bridge: QoS 1, persistent session, ack to MQTT after Kafka confirmed."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from iotmon.runtime import serve_metrics, stop_on_signals  # noqa: PLC0415
+    from producers.bridge_main import run  # noqa: PLC0415
+
+    settings = _settings()
+    registry = CollectorRegistry()
+    serve_metrics(registry, settings.bridge.metrics_port)
+    run(settings, stop_on_signals(), registry)
+
+
+@app.command("ingest")
+def ingest_cmd() -> None:
+    """Validate raw readings into the readings topic; bad input to the dead-letter topic."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from iotmon.runtime import serve_metrics, stop_on_signals  # noqa: PLC0415
+    from stream_apps.ingest.main import run  # noqa: PLC0415
+
+    settings = _settings()
+    registry = CollectorRegistry()
+    serve_metrics(registry, settings.ingest.metrics_port)
+    run(settings, stop_on_signals(), registry)
+
+
+@locations_app.command("import")
+def locations_import(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or YAML file")],
+) -> None:
+    """Store locations and sensors in PostgreSQL and publish them to running stream apps."""
+    from producers.masterdata import (  # noqa: PLC0415
+        MasterDataError,
+        import_master_data,
+        load_file,
+    )
+
+    settings = _settings()
+    try:
+        data = load_file(path)
+    except MasterDataError as exc:
+        console.print(f"[red]{path}:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    records = import_master_data(settings.db, settings.kafka, data)
+    console.print(
+        f"{len(data.locations)} locations, {len(data.sensors)} sensors imported; "
+        f"{len(records)} sensor records published"
+    )
 
 
 def main() -> None:

@@ -59,11 +59,39 @@ class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 11883
     client_id: str = "iotmon-bridge"
-    # Prefix before "sensors/+/readings"; lets tests and several plants share a broker.
+    # Prefix before every topic pattern; lets tests and several plants share a broker.
     topic_prefix: str = ""
+    # Patterns of topics that carry readings; {sensor_id} and {gateway} name one level each
+    # (subscribed as "+"), a trailing "#" matches the rest.
+    topics: list[str] = Field(default_factory=lambda: ["sensors/{sensor_id}/readings"])
     extra_topics: list[str] = Field(default_factory=list)
     qos: Literal[0, 1, 2] = 1
     keepalive: int = 30
+
+
+class IngestSettings(BaseModel):
+    """Validation limits and batching of the ingest stage (raw topic -> readings topic)."""
+
+    group_id: str = "iotmon-ingest"
+    temperature_min: float = -40.0
+    temperature_max: float = 125.0
+    humidity_min: float = 0.0
+    humidity_max: float = 100.0
+    max_future_s: float = Field(300.0, ge=0)
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    max_payload_bytes: int = Field(1024 * 1024, gt=0)
+    default_timezone: str = "Asia/Seoul"
+    # Register a sensor seen for the first time (loc_id = last 4 characters of its id)
+    # instead of dead-lettering its readings as unknown.
+    auto_register: bool = False
+    max_batch_readings: int = Field(500, ge=1)
+    poll_max_messages: int = Field(5000, ge=1)
+    poll_timeout_s: float = Field(0.1, gt=0)
+    metrics_port: int = 9101
+
+
+class BridgeSettings(BaseModel):
+    metrics_port: int = 9102
 
 
 class ApiSettings(BaseModel):
@@ -105,6 +133,8 @@ class Settings(BaseSettings):
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     database_url: str | None = Field(

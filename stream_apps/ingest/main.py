@@ -1,0 +1,80 @@
+"""Composition root of the ingest stage (`iotmon ingest`)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
+
+from iotmon.settings import Settings
+from producers.kafka import make_producer
+from producers.masterdata import auto_register, import_master_data
+from schemas.master import SensorRecord
+from schemas.topics import topic_name
+from stream_apps.ingest.directory import SensorDirectory
+from stream_apps.ingest.processor import IngestMetrics, IngestProcessor, IngestTopics
+from stream_apps.ingest.validate import Limits
+
+
+def limits_from(settings: Settings) -> Limits:
+    s = settings.ingest
+    return Limits(
+        temperature=(s.temperature_min, s.temperature_max),
+        humidity=(s.humidity_min, s.humidity_max),
+        max_future=timedelta(seconds=s.max_future_s),
+        max_age=timedelta(seconds=s.max_age_s),
+        max_payload_bytes=s.max_payload_bytes,
+        default_timezone=s.default_timezone,
+        auto_register=s.auto_register,
+    )
+
+
+def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
+    """The processor with its clients; reads the sensor directory before returning."""
+    kafka = settings.kafka
+    prefix = kafka.topic_prefix
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": settings.ingest.group_id,
+            "client.id": f"{kafka.client_id}-ingest",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 52428800,
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        }
+    )
+    directory = SensorDirectory(kafka)
+    directory.load()
+
+    def register(sensor_id: str) -> SensorRecord:
+        records = import_master_data(settings.db, kafka, auto_register(sensor_id), auto=True)
+        return next(r for r in records if r.sensor.sensor_id == sensor_id)
+
+    return IngestProcessor(
+        consumer,
+        make_producer(kafka),
+        directory,
+        limits_from(settings),
+        IngestTopics(
+            raw=topic_name("readings_raw", prefix),
+            readings=topic_name("readings", prefix),
+            dead_letters=topic_name("dead_letters", prefix),
+        ),
+        IngestMetrics(registry),
+        max_batch_readings=settings.ingest.max_batch_readings,
+        poll_max_messages=settings.ingest.poll_max_messages,
+        poll_timeout_s=settings.ingest.poll_timeout_s,
+        registrar=register if settings.ingest.auto_register else None,
+    )
+
+
+def run(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> None:
+    processor = build(settings, registry)
+    try:
+        processor.run(stop)
+    finally:
+        processor.consumer.close()
+        processor.directory.close()

@@ -1,0 +1,95 @@
+"""The MQTT -> Kafka bridge against the real Mosquitto and Kafka."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt_client
+import pytest
+from prometheus_client import CollectorRegistry
+
+from iotmon.settings import BridgeSettings, KafkaSettings, MqttSettings
+from producers.bridge import Bridge, BridgeMetrics, make_client
+from producers.kafka import make_producer
+from schemas.readings import DeadLetterHeaders, IngressHeaders
+from schemas.topics import topic_name
+from tests.helpers import headers_of, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def bridge(kafka: KafkaSettings, mqtt: MqttSettings) -> Iterator[tuple[Bridge, CollectorRegistry]]:
+    mqtt = mqtt.model_copy(update={"extra_topics": ["gateways/{gateway}/batch"]})
+    registry = CollectorRegistry()
+    b = Bridge(
+        make_client(mqtt),
+        make_producer(kafka),
+        mqtt,
+        BridgeSettings(),
+        raw_topic=topic_name("readings_raw", kafka.topic_prefix),
+        dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
+        metrics=BridgeMetrics(registry),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
+    thread.start()
+    assert b.connected.wait(10)
+    yield b, registry
+    stop.set()
+    thread.join(40)
+
+
+def publish(mqtt: MqttSettings, messages: list[tuple[str, bytes]]) -> None:
+    pub = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2)
+    pub.connect(mqtt.host, mqtt.port)
+    pub.loop_start()
+    try:
+        infos = [pub.publish(t, p, qos=1) for t, p in messages]
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
+def test_reading_arrives_on_the_raw_topic_with_key_and_headers(
+    bridge: tuple[Bridge, CollectorRegistry], kafka: KafkaSettings, mqtt: MqttSettings
+) -> None:
+    b, registry = bridge
+    payload = (b'{"sensor_id": "TEMPIOT-A011", "capture_dt": "2025-09-12T05:59:38.837Z",'
+               b' "temperature": 22.1, "humidity": 77.7}')
+    topic = f"{mqtt.topic_prefix}sensors/TEMPIOT-A011/readings"
+    publish(mqtt, [(topic, payload), (f"{mqtt.topic_prefix}gateways/GW-7/batch", b"[]")])
+    got = read_topic(kafka, topic_name("readings_raw", kafka.topic_prefix),
+                     until=lambda m: len(m) >= 2)
+    assert len(got) == 2
+    by_key = {m.key(): m for m in got}
+    msg = by_key[b"TEMPIOT-A011"]
+    assert msg.value() == payload
+    headers = headers_of(msg)
+    assert headers[IngressHeaders.MQTT_TOPIC] == topic.encode()
+    assert headers[IngressHeaders.SOURCE] == b"mqtt"
+    assert IngressHeaders.RECEIVED_AT in headers
+    gateway_msg = by_key[None]
+    assert headers_of(gateway_msg)[IngressHeaders.GATEWAY] == b"GW-7"
+    wait_for(lambda: registry.get_sample_value("iotmon_bridge_forwarded_total") == 2.0)
+
+
+def test_wrong_topic_goes_to_the_dead_letter_topic(
+    bridge: tuple[Bridge, CollectorRegistry], kafka: KafkaSettings, mqtt: MqttSettings
+) -> None:
+    b, registry = bridge
+    wrong = f"{mqtt.topic_prefix}sensors/TEMPIOT-A011/readings/extra"
+    publish(mqtt, [(wrong, b"{}")])
+    got = read_topic(kafka, topic_name("dead_letters", kafka.topic_prefix),
+                     until=lambda m: len(m) >= 1)
+    assert len(got) == 1
+    headers = headers_of(got[0])
+    assert headers[DeadLetterHeaders.REASON] == b"wrong_topic"
+    assert headers[IngressHeaders.MQTT_TOPIC] == wrong.encode()
+    assert got[0].value() == b"{}"
+    wait_for(lambda: registry.get_sample_value(
+        "iotmon_bridge_rejected_total", {"reason": "wrong_topic"}) == 1.0)
+
