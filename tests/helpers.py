@@ -41,7 +41,16 @@ def read_topic(
 
 
 def headers_of(msg: Message) -> dict[str, bytes]:
-    return {k: v for k, v in (msg.headers() or []) if isinstance(v, bytes)}
+    headers = msg.headers()
+    if not isinstance(headers, list):
+        return {}
+    return {k: v for k, v in headers if isinstance(v, bytes)}
+
+
+def value_of(msg: Message) -> bytes:
+    value = msg.value()
+    assert isinstance(value, bytes)
+    return value
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

@@ -57,13 +57,16 @@ def publish(mqtt: MqttSettings, messages: list[tuple[str, bytes]]) -> None:
 def test_reading_arrives_on_the_raw_topic_with_key_and_headers(
     bridge: tuple[Bridge, CollectorRegistry], kafka: KafkaSettings, mqtt: MqttSettings
 ) -> None:
-    b, registry = bridge
-    payload = (b'{"sensor_id": "TEMPIOT-A011", "capture_dt": "2025-09-12T05:59:38.837Z",'
-               b' "temperature": 22.1, "humidity": 77.7}')
+    _b, registry = bridge
+    payload = (
+        b'{"sensor_id": "TEMPIOT-A011", "capture_dt": "2025-09-12T05:59:38.837Z",'
+        b' "temperature": 22.1, "humidity": 77.7}'
+    )
     topic = f"{mqtt.topic_prefix}sensors/TEMPIOT-A011/readings"
     publish(mqtt, [(topic, payload), (f"{mqtt.topic_prefix}gateways/GW-7/batch", b"[]")])
-    got = read_topic(kafka, topic_name("readings_raw", kafka.topic_prefix),
-                     until=lambda m: len(m) >= 2)
+    got = read_topic(
+        kafka, topic_name("readings_raw", kafka.topic_prefix), until=lambda m: len(m) >= 2
+    )
     assert len(got) == 2
     by_key = {m.key(): m for m in got}
     msg = by_key[b"TEMPIOT-A011"]
@@ -80,16 +83,20 @@ def test_reading_arrives_on_the_raw_topic_with_key_and_headers(
 def test_wrong_topic_goes_to_the_dead_letter_topic(
     bridge: tuple[Bridge, CollectorRegistry], kafka: KafkaSettings, mqtt: MqttSettings
 ) -> None:
-    b, registry = bridge
+    _b, registry = bridge
     wrong = f"{mqtt.topic_prefix}sensors/TEMPIOT-A011/readings/extra"
     publish(mqtt, [(wrong, b"{}")])
-    got = read_topic(kafka, topic_name("dead_letters", kafka.topic_prefix),
-                     until=lambda m: len(m) >= 1)
+    got = read_topic(
+        kafka, topic_name("dead_letters", kafka.topic_prefix), until=lambda m: len(m) >= 1
+    )
     assert len(got) == 1
     headers = headers_of(got[0])
     assert headers[DeadLetterHeaders.REASON] == b"wrong_topic"
     assert headers[IngressHeaders.MQTT_TOPIC] == wrong.encode()
     assert got[0].value() == b"{}"
-    wait_for(lambda: registry.get_sample_value(
-        "iotmon_bridge_rejected_total", {"reason": "wrong_topic"}) == 1.0)
-
+    wait_for(
+        lambda: (
+            registry.get_sample_value("iotmon_bridge_rejected_total", {"reason": "wrong_topic"})
+            == 1.0
+        )
+    )

@@ -21,7 +21,7 @@ from schemas.readings import DeadLetterHeaders, ReadingBatch
 from schemas.topics import topic_name
 from stream_apps.ingest.main import build
 from stream_apps.ingest.processor import partition_for
-from tests.helpers import headers_of, read_topic, wait_for
+from tests.helpers import headers_of, read_topic, value_of, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,24 @@ SENSORS = [f"TEMPIOT-A0{n:02d}" for n in range(11, 21)]
 
 def plant() -> MasterData:
     return MasterData(
-        [Location(loc_id=s[-4:], factory="SinPyeong", building="MX-1", floor=1, area="Storage")
-         for s in SENSORS],
+        [
+            Location(loc_id=s[-4:], factory="SinPyeong", building="MX-1", floor=1, area="Storage")
+            for s in SENSORS
+        ],
         [Sensor(sensor_id=s, loc_id=s[-4:]) for s in SENSORS],
     )
 
 
-def settings_for(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group: str,
-                 **ingest: object) -> Settings:
-    return stack.model_copy(update={
-        "kafka": kafka, "db": db,
-        "ingest": stack.ingest.model_copy(update={"group_id": group, **ingest}),
-    })
+def settings_for(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group: str, **ingest: object
+) -> Settings:
+    return stack.model_copy(
+        update={
+            "kafka": kafka,
+            "db": db,
+            "ingest": stack.ingest.model_copy(update={"group_id": group, **ingest}),
+        }
+    )
 
 
 class Running:
@@ -63,8 +69,9 @@ class Running:
 
 
 @pytest.fixture
-def ingest(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings,
-           group_id: str) -> Iterator[Running]:
+def ingest(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
+) -> Iterator[Running]:
     import_master_data(db, kafka, plant())
     running = Running(settings_for(stack, kafka, db, group_id))
     yield running
@@ -76,19 +83,25 @@ def now_iso(delta: timedelta = timedelta(0)) -> str:
 
 
 def reading(sensor: str, at: str | None = None, **over: object) -> dict[str, object]:
-    doc: dict[str, object] = {"sensor_id": sensor, "capture_dt": at or now_iso(),
-                              "temperature": 22.1, "humidity": 77.7}
+    doc: dict[str, object] = {
+        "sensor_id": sensor,
+        "capture_dt": at or now_iso(),
+        "temperature": 22.1,
+        "humidity": 77.7,
+    }
     doc.update(over)
     return doc
 
 
 def batches(kafka: KafkaSettings, expected: int) -> list[tuple[int, ReadingBatch]]:
     msgs = read_topic(
-        kafka, topic_name("readings", kafka.topic_prefix),
-        until=lambda m: sum(len(ReadingBatch.model_validate_json(x.value()).readings)
-                            for x in m) >= expected,
+        kafka,
+        topic_name("readings", kafka.topic_prefix),
+        until=lambda m: (
+            sum(len(ReadingBatch.model_validate_json(value_of(x)).readings) for x in m) >= expected
+        ),
     )
-    return [(m.partition(), ReadingBatch.model_validate_json(m.value())) for m in msgs]
+    return [(m.partition() or 0, ReadingBatch.model_validate_json(value_of(m))) for m in msgs]
 
 
 def test_readings_batched_per_partition_with_computed_pcv(
@@ -101,11 +114,17 @@ def test_readings_batched_per_partition_with_computed_pcv(
             gw.send(reading(sensor, (t0 + timedelta(seconds=i)).isoformat()))
         # the original system's row format, naive KST time
         kst = (t0 + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S")
-        gw.send({"sensor_id": SENSORS[0], "capture_dt": kst, "t1": "30.0", "t2": "50.0",
-                 "t3": "29.5"})
+        gw.send(
+            {"sensor_id": SENSORS[0], "capture_dt": kst, "t1": "30.0", "t2": "50.0", "t3": "29.5"}
+        )
         # a batch array becomes its readings
-        gw.send_batch(SENSORS[1], [reading(SENSORS[1], (t0 + timedelta(minutes=5, seconds=i))
-                                           .isoformat()) for i in range(5)])
+        gw.send_batch(
+            SENSORS[1],
+            [
+                reading(SENSORS[1], (t0 + timedelta(minutes=5, seconds=i)).isoformat())
+                for i in range(5)
+            ],
+        )
     got = batches(kafka, 206)
     readings = [r for _, b in got for r in b.readings]
     assert len(readings) == 206
@@ -132,8 +151,7 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_counted(
         (b'{"sensor_id": "TEMPIOT-A011", "capt', "malformed_json"),
         (b"\xc3\x28 not utf-8", "invalid_utf8"),
         (b'"just a string"', "not_an_object"),
-        (orjson.dumps({"sensor_id": s, "capture_dt": now_iso(), "humidity": 50}),
-         "missing_field"),
+        (orjson.dumps({"sensor_id": s, "capture_dt": now_iso(), "humidity": 50}), "missing_field"),
         (orjson.dumps(reading(s, temperature={"v": 1})), "wrong_type"),
         (orjson.dumps(reading(s)).replace(b"22.1", b"NaN"), "not_finite"),
         (orjson.dumps(reading(s, humidity=140)), "out_of_range"),
@@ -148,8 +166,12 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_counted(
             gw.send_raw("TEMPIOT-Z999" if reason == "unknown_sensor" else s, payload)
             gw.send(reading(SENSORS[2], now_iso(-timedelta(seconds=good_between + 1))))
             good_between += 1
-    dead = read_topic(kafka, topic_name("dead_letters", kafka.topic_prefix),
-                      until=lambda m: len(m) >= len(bad), timeout=45)
+    dead = read_topic(
+        kafka,
+        topic_name("dead_letters", kafka.topic_prefix),
+        until=lambda m: len(m) >= len(bad),
+        timeout=45,
+    )
     reasons = [headers_of(m)[DeadLetterHeaders.REASON].decode() for m in dead]
     assert sorted(reasons) == sorted(r for _, r in bad)
     by_reason = {headers_of(m)[DeadLetterHeaders.REASON].decode(): m for m in dead}
@@ -159,16 +181,22 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_counted(
         h = headers_of(msg)
         assert h[DeadLetterHeaders.DETAIL]
         assert h[DeadLetterHeaders.SOURCE] == b"kafka"
-        assert h[DeadLetterHeaders.ORIGIN_TOPIC] == topic_name(
-            "readings_raw", kafka.topic_prefix).encode()
+        assert (
+            h[DeadLetterHeaders.ORIGIN_TOPIC]
+            == topic_name("readings_raw", kafka.topic_prefix).encode()
+        )
     # the pipeline kept going: every good reading in between arrived
     got = batches(kafka, good_between)
     assert sum(len(b.readings) for _, b in got) == good_between
     counts = Counter(r for _, r in bad)
-    for reason, n in counts.items():
-        wait_for(lambda reason=reason, n=n:
-                 ingest.metric("iotmon_ingest_rejected_total", reason=reason) == n,
-                 what=f"counter of {reason}")
+
+    def counted() -> bool:
+        return all(
+            ingest.metric("iotmon_ingest_rejected_total", reason=reason) == n
+            for reason, n in counts.items()
+        )
+
+    wait_for(counted, what="rejection counters by reason")
 
 
 def test_a_bad_item_in_a_batch_is_dead_lettered_alone(
@@ -178,12 +206,13 @@ def test_a_bad_item_in_a_batch_is_dead_lettered_alone(
     items[2]["humidity"] = "wet"
     with GatewayProducer(kafka) as gw:
         gw.send_batch(SENSORS[3], items)
-    dead = read_topic(kafka, topic_name("dead_letters", kafka.topic_prefix),
-                      until=lambda m: len(m) >= 1)
+    dead = read_topic(
+        kafka, topic_name("dead_letters", kafka.topic_prefix), until=lambda m: len(m) >= 1
+    )
     assert len(dead) == 1
     h = headers_of(dead[0])
     assert (h[DeadLetterHeaders.REASON], h[DeadLetterHeaders.INDEX]) == (b"wrong_type", b"2")
-    assert orjson.loads(dead[0].value()) == items[2]
+    assert orjson.loads(value_of(dead[0])) == items[2]
     assert sum(len(b.readings) for _, b in batches(kafka, 3)) == 3
 
 
@@ -194,11 +223,19 @@ def test_master_data_changes_reach_the_running_ingest(
     with GatewayProducer(kafka) as gw:
         gw.send(reading(newcomer))
     wait_for(lambda: ingest.metric("iotmon_ingest_rejected_total", reason="unknown_sensor") == 1)
-    import_master_data(db, kafka, MasterData(
-        [Location(loc_id="C777", factory="JangNim", building="B-2", floor=3)],
-        [Sensor(sensor_id=newcomer, loc_id="C777")]))
-    wait_for(lambda: ingest.processor.directory.get(newcomer) is not None, timeout=10,
-             what="the new sensor in the running directory")
+    import_master_data(
+        db,
+        kafka,
+        MasterData(
+            [Location(loc_id="C777", factory="JangNim", building="B-2", floor=3)],
+            [Sensor(sensor_id=newcomer, loc_id="C777")],
+        ),
+    )
+    wait_for(
+        lambda: ingest.processor.directory.get(newcomer) is not None,
+        timeout=10,
+        what="the new sensor in the running directory",
+    )
     with GatewayProducer(kafka) as gw:
         gw.send(reading(newcomer))
     got = batches(kafka, 1)
@@ -216,15 +253,16 @@ def test_auto_registration_by_convention(
             gw.send(reading("NEWGW-X123"))
         got = batches(kafka, 2)
         assert {(r.sensor_id, r.loc_id) for _, b in got for r in b.readings} == {
-            ("TEMPIOT-A011", "A011"), ("NEWGW-X123", "X123")}
+            ("TEMPIOT-A011", "A011"),
+            ("NEWGW-X123", "X123"),
+        }
         with psycopg.connect(db.url) as conn:
             conn.execute(f'SET search_path TO "{db.db_schema}"')
             row = conn.execute(
                 "SELECT loc_id, auto_registered FROM sensors WHERE sensor_id = 'NEWGW-X123'"
             ).fetchone()
             # a properly registered location is never overwritten by auto-registration
-            factory = conn.execute(
-                "SELECT factory FROM locations WHERE loc_id = 'A011'").fetchone()
+            factory = conn.execute("SELECT factory FROM locations WHERE loc_id = 'A011'").fetchone()
         assert row == ("X123", True)
         assert factory == ("SinPyeong",)
         assert running.metric("iotmon_ingest_sensors_registered_total") == 1
