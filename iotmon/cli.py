@@ -197,6 +197,15 @@ def locations_import(
     )
 
 
+@app.command("demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def demo_cmd(ctx: typer.Context) -> None:
+    """Run bridge and ingest, and the gateway simulator in front (extra options go to
+    `iotmon simulate`, e.g. `iotmon demo --duration 60 --heat-wave`)."""
+    from iotmon.demo import run_demo  # noqa: PLC0415
+
+    raise typer.Exit(run_demo(_settings(), list(ctx.args)))
+
+
 def main() -> None:
     try:
         app()
