@@ -38,8 +38,10 @@ test: up
 test-unit: install
 	$(BIN)/python -m pytest -m unit
 
+DEMO_ARGS ?= --duration 60 --heat-wave
 demo: up
-	@echo "stack is up and migrated; see README for the next steps"
+	$(IOTMON) demo $(DEMO_ARGS)
+	$(IOTMON) stack status
 
 clean: down
 	rm -rf $(VENV)

@@ -145,6 +145,19 @@ def topics_list() -> None:
     Console().print(table)
 
 
+@app.command("schema")
+def schema_cmd(
+    out_dir: Annotated[Path, typer.Option(help="Where to write the JSON Schema files")] = Path(
+        "schemas/json"
+    ),
+) -> None:
+    """Export the JSON Schema of the reading payload (single and batch) for gateway vendors."""
+    from schemas.export import write_json_schemas  # noqa: PLC0415
+
+    for path in write_json_schemas(out_dir):
+        console.print(f"wrote {path}")
+
+
 @app.command("bridge")
 def bridge_cmd() -> None:
     """MQTT -> Kafka bridge: QoS 1, persistent session, ack to MQTT after Kafka confirmed."""

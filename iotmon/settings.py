@@ -45,8 +45,6 @@ class DatabaseSettings(BaseModel):
     url: str = "postgresql://iotmon@127.0.0.1:5433/iotmon"
     # All tables live in this schema; migrations and queries set search_path to it.
     db_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    pool_min_size: int = Field(1, ge=0)
-    pool_max_size: int = Field(8, ge=1)
     # TimescaleDB-only policies (skipped on plain PostgreSQL).
     raw_chunk_interval: str = "1 day"
     raw_compress_after: str = "7 days"
@@ -94,11 +92,6 @@ class BridgeSettings(BaseModel):
     metrics_port: int = 9102
 
 
-class ApiSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 8000
-
-
 class LogSettings(BaseModel):
     level: str = "INFO"
     json_format: bool = False
@@ -132,7 +125,6 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
-    api: ApiSettings = Field(default_factory=ApiSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     log: LogSettings = Field(default_factory=LogSettings)

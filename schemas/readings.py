@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,17 +14,29 @@ from schemas.master import SENSOR_ID_PATTERN
 Source = Literal["mqtt", "kafka"]
 
 
+DecimalString = Annotated[str, Field(pattern=r"^\s*[-+]?\d+(\.\d+)?\s*$")]
+Number = Annotated[float | DecimalString, Field(description="a JSON number or a decimal string")]
+CaptureTime = Annotated[
+    str,
+    Field(
+        description=(
+            "ISO-8601 time of the measurement, e.g. 2025-09-12T05:59:38.837Z; "
+            "without an offset it is read in the factory's time zone (default Asia/Seoul)"
+        ),
+        examples=["2025-09-12T05:59:38.837Z", "2025-09-12 14:59:38"],
+    ),
+]
+
+
 class ReadingPayload(BaseModel):
     """The JSON object a gateway publishes for one reading (the documented wire format).
 
-    Numbers may also be decimal strings.  ``capture_dt`` without an offset is read in the
-    sensor's factory time zone.  A JSON array of such objects is a batch.  The original
-    system's row format (``t1``/``t2``/``t3`` for temperature/humidity/pcv_temperature) is
-    accepted as an alternative; see docs/wire-format.md.
+    A JSON array of such objects is a batch.  See docs/wire-format.md.
     """
 
     model_config = ConfigDict(
         extra="allow",
+        title="Sensor reading",
         json_schema_extra={
             "examples": [
                 {
@@ -39,10 +51,24 @@ class ReadingPayload(BaseModel):
     )
 
     sensor_id: str = Field(pattern=SENSOR_ID_PATTERN)
-    capture_dt: datetime
-    temperature: Decimal | str
-    humidity: Decimal | str
-    pcv_temperature: Decimal | str | None = None
+    capture_dt: CaptureTime
+    temperature: Number = Field(description="air temperature, °C")
+    humidity: Number = Field(description="relative humidity, %")
+    pcv_temperature: Number | None = Field(
+        None, description="perceived temperature, °C; computed when absent"
+    )
+
+
+class OriginalRowPayload(BaseModel):
+    """The original system's row format, accepted so its gateways switch over unchanged."""
+
+    model_config = ConfigDict(extra="allow", title="Sensor reading (original row format)")
+
+    sensor_id: str = Field(pattern=SENSOR_ID_PATTERN)
+    capture_dt: CaptureTime
+    t1: Number = Field(description="temperature, °C")
+    t2: Number = Field(description="relative humidity, %")
+    t3: Number | None = Field(None, description="perceived temperature, °C")
 
 
 class Reading(BaseModel):

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import BaseModel
 
 from iotmon.settings import Settings
 
@@ -39,3 +42,19 @@ def test_invalid_schema_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("IOTMON_DB__DB_SCHEMA", "x; drop table y")
     with pytest.raises(ValueError, match="db_schema"):
         Settings()
+
+
+def environment_variables() -> list[str]:
+    names = []
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names += [f"IOTMON_{section.upper()}__{sub.upper()}" for sub in model.model_fields]
+    return names
+
+
+def test_every_variable_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [n for n in environment_variables() if f"`{n}`" not in readme]
+    assert missing == []
+    assert "`DATABASE_URL`" in readme
