@@ -210,10 +210,21 @@ def locations_import(
     )
 
 
+def _register_simulate() -> None:
+    from producers.simulate_cmd import simulate_command  # noqa: PLC0415
+
+    app.command("simulate")(simulate_command)
+
+
+_register_simulate()
+
+
 @app.command("demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo_cmd(ctx: typer.Context) -> None:
-    """Run bridge and ingest, and the gateway simulator in front (extra options go to
-    `iotmon simulate`, e.g. `iotmon demo --duration 60 --heat-wave`)."""
+    """Bridge and ingest in the background, the gateway simulator in front.
+
+    Extra options go to `iotmon simulate`, e.g. `iotmon demo --duration 60 --heat-wave`.
+    """
     from iotmon.demo import run_demo  # noqa: PLC0415
 
     raise typer.Exit(run_demo(_settings(), list(ctx.args)))
