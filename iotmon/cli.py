@@ -186,6 +186,29 @@ def ingest_cmd() -> None:
     run(settings, stop_on_signals(), registry)
 
 
+@app.command("sink")
+def sink_cmd(
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these sinks (default: all)")
+    ] = None,
+) -> None:
+    """Write Kafka topics to PostgreSQL (offsets committed after the transaction)."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from iotmon.runtime import serve_metrics, stop_on_signals  # noqa: PLC0415
+    from stream_apps.sinks.main import WRITERS, run  # noqa: PLC0415
+
+    names = only or list(WRITERS)
+    unknown = sorted(set(names) - set(WRITERS))
+    if unknown:
+        console.print(f"[red]unknown sinks {unknown}; known: {sorted(WRITERS)}[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    registry = CollectorRegistry()
+    serve_metrics(registry, settings.sink.metrics_port)
+    run(settings, names, stop_on_signals(), registry)
+
+
 @locations_app.command("import")
 def locations_import(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or YAML file")],

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SERVICES: dict[str, list[str]] = {
     "bridge": ["bridge"],
     "ingest": ["ingest"],
+    "sink": ["sink"],
 }
 
 

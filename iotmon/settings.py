@@ -88,6 +88,16 @@ class IngestSettings(BaseModel):
     metrics_port: int = 9101
 
 
+class SinkSettings(BaseModel):
+    """Kafka -> PostgreSQL sinks (`iotmon sink`)."""
+
+    group_prefix: str = "iotmon-sink"
+    poll_max_messages: int = Field(2000, ge=1)
+    poll_timeout_s: float = Field(0.2, gt=0)
+    max_backoff_s: float = Field(5.0, gt=0)
+    metrics_port: int = 9103
+
+
 class BridgeSettings(BaseModel):
     metrics_port: int = 9102
 
@@ -127,6 +137,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     database_url: str | None = Field(

@@ -94,10 +94,13 @@ class Bridge:
         self._pending = 0
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
-        self.connected = threading.Event()
+        # Set once the broker acknowledged the subscriptions: from then on nothing published
+        # to a reading topic is missed (the persistent session queues it while we are away).
+        self.subscribed = threading.Event()
         client.on_connect = self._on_connect
         client.on_message = self.on_message
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
 
     # -- MQTT side (paho's network thread) ------------------------------------------------
     def _on_connect(
@@ -113,12 +116,20 @@ class Bridge:
         )
         qos: int = self.settings.qos
         client.subscribe([(s, qos) for s in self.subscriptions])
-        self.connected.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("MQTT subscription refused: %s", failed)
+            return
+        self.subscribed.set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        self.connected.clear()
+        self.subscribed.clear()
         if reason.is_failure:
             log.warning("MQTT connection lost (%s); paho reconnects", reason)
 
@@ -203,7 +214,7 @@ class Bridge:
                     raise self._failure
         finally:
             log.info("bridge stopping: unsubscribing, delivering %d pending", self.pending)
-            if self.connected.is_set():
+            if self.subscribed.is_set():
                 self.client.unsubscribe(self.subscriptions)
             remaining = self.producer.flush(30)
             if remaining:

@@ -35,7 +35,7 @@ def bridge(kafka: KafkaSettings, mqtt: MqttSettings) -> Iterator[tuple[Bridge, C
     stop = threading.Event()
     thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
     thread.start()
-    assert b.connected.wait(10)
+    assert b.subscribed.wait(10)
     yield b, registry
     stop.set()
     thread.join(40)

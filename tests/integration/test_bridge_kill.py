@@ -1,4 +1,4 @@
-"""SIGKILL the bridge while gateways publish at QoS 1, restart it: no reading is lost."""
+"""SIGKILL the bridge while the simulator publishes at QoS 1, restart it: no reading is lost."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import paho.mqtt.client as mqtt_client
 import pytest
 
 from iotmon.settings import KafkaSettings, MqttSettings
+from producers.simulate_cmd import Delivery, MqttPublisher, SimulationResult, run_simulation
+from producers.simulator import build_plan
 from schemas.topics import topic_name
 from tests.helpers import read_topic, value_of
 
@@ -71,63 +73,33 @@ def test_sigkill_and_restart_loses_nothing(
     bridge = start_bridge(env, log)
     wait_subscribed(kafka, mqtt, "1")
 
-    published: list[int] = []
-    handed_over = [0]  # messages given to the MQTT client so far
-    done = threading.Event()
-
-    def gateways() -> None:
-        pub = mqtt_client.Client(
-            mqtt_client.CallbackAPIVersion.VERSION2, client_id=f"gw-{mqtt.client_id}"
-        )
-        pub.max_inflight_messages_set(200)
-        pub.connect(mqtt.host, mqtt.port)
-        pub.loop_start()
-        pending = []
-        for seq in range(TOTAL):
-            sensor = f"TEMPIOT-A{seq % 50:03d}"
-            payload = orjson.dumps({"sensor_id": sensor, "seq": seq})
-            pending.append(
-                (seq, pub.publish(f"{mqtt.topic_prefix}sensors/{sensor}/readings", payload, qos=1))
-            )
-            handed_over[0] = seq + 1
-            if seq % 100 == 99:
-                time.sleep(0.05)
-        for seq, info in pending:
-            info.wait_for_publish(30)  # PUBACK from the broker: the gateway's duty is done
-            published.append(seq)
-        pub.loop_stop()
-        pub.disconnect()
-        done.set()
-
-    thread = threading.Thread(target=gateways, daemon=True)
-    thread.start()
-    time.sleep(0.6)
-    at_kill = handed_over[0]
+    plan = build_plan(50, start=datetime.now(UTC) - timedelta(minutes=10), interval_s=0.05, seed=3)
+    delivered: list[Delivery] = []
+    result: list[SimulationResult] = []
+    simulator = threading.Thread(
+        target=lambda: result.append(
+            run_simulation(plan, MqttPublisher(mqtt), count=TOTAL, on_published=delivered.append)
+        ),
+        daemon=True,
+    )
+    simulator.start()  # paced: 1,000 messages/s at QoS 1 for 3 s
+    time.sleep(0.8)
+    at_kill = len(delivered)
     bridge.send_signal(signal.SIGKILL)
     bridge.wait(10)
-    time.sleep(1.0)  # gateways keep publishing while no bridge runs
+    time.sleep(1.0)  # the gateways keep publishing while no bridge runs
     bridge = start_bridge(env, log)
     try:
-        assert done.wait(60), "the gateways could not publish"
-        assert len(published) == TOTAL
-        assert 0 < at_kill < TOTAL, "the kill must land while the gateways publish"
-
-        def seqs(msgs: list) -> set[int]:  # type: ignore[type-arg]
-            found = set()
-            for m in msgs:
-                value = value_of(m)
-                if value.startswith(b"{"):
-                    found.add(orjson.loads(value)["seq"])
-            return found
-
+        simulator.join(60)
+        assert result and result[0].published == TOTAL and result[0].failed == 0
+        assert 0 < at_kill < TOTAL, "the kill must land while the simulator publishes"
+        published = {d.message.payload for d in delivered}
+        raw = topic_name("readings_raw", kafka.topic_prefix)
         got = read_topic(
-            kafka,
-            topic_name("readings_raw", kafka.topic_prefix),
-            until=lambda m: len(seqs(m)) >= TOTAL,
-            timeout=60,
+            kafka, raw, until=lambda m: published <= {value_of(x) for x in m}, timeout=60
         )
-        missing = set(published) - seqs(got)
-        assert not missing, f"{len(missing)} readings lost, e.g. {sorted(missing)[:10]}"
+        missing = published - {value_of(x) for x in got}
+        assert not missing, f"{len(missing)} of {TOTAL} readings lost"
     finally:
         bridge.terminate()
         bridge.wait(40)

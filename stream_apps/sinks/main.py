@@ -1,0 +1,73 @@
+"""Composition root of the sinks (`iotmon sink`): one runner (consumer group, connection and
+thread) per sink."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
+
+from iotmon.settings import Settings
+from schemas.topics import TopicId, topic_name
+from stream_apps.sinks.readings import ReadingsWriter
+from stream_apps.sinks.runner import SinkMetrics, SinkRunner, SinkWriter
+
+WRITERS: dict[str, tuple[TopicId, type[Any]]] = {
+    "readings": ("readings", ReadingsWriter),
+}
+
+
+def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any]:
+    topic_id, writer_cls = WRITERS[name]
+    writer: SinkWriter[Any] = writer_cls()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"{settings.sink.group_prefix}-{name}",
+            "client.id": f"{settings.kafka.client_id}-sink-{name}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # A database outage pauses the sink without polling; stay in the group meanwhile.
+            "max.poll.interval.ms": 900_000,
+        }
+    )
+    return SinkRunner(
+        consumer,
+        topic_name(topic_id, settings.kafka.topic_prefix),
+        settings.db.url,
+        settings.db.db_schema,
+        writer,
+        metrics,
+        poll_max_messages=settings.sink.poll_max_messages,
+        poll_timeout_s=settings.sink.poll_timeout_s,
+        max_backoff_s=settings.sink.max_backoff_s,
+    )
+
+
+def run(
+    settings: Settings, names: list[str], stop: threading.Event, registry: CollectorRegistry
+) -> None:
+    """Run the named sinks until ``stop``; an exception in one stops all (then re-raised)."""
+    metrics = SinkMetrics(registry)
+    runners = [build(settings, name, metrics) for name in names]
+    errors: list[BaseException] = []
+
+    def serve(runner: SinkRunner[Any]) -> None:
+        try:
+            runner.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            raise
+        finally:
+            runner.consumer.close()
+
+    threads = [threading.Thread(target=serve, args=(r,), name=r.writer.name) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
