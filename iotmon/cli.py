@@ -186,6 +186,14 @@ def ingest_cmd() -> None:
     run(settings, stop_on_signals(), registry)
 
 
+@app.command("worker")
+def worker_cmd() -> None:
+    """Stream processing (Faust): hourly windows, threshold checks, alerts."""
+    from stream_apps.processing.main import run  # noqa: PLC0415
+
+    run(_settings())
+
+
 @app.command("sink")
 def sink_cmd(
     only: Annotated[

@@ -88,6 +88,22 @@ class IngestSettings(BaseModel):
     metrics_port: int = 9101
 
 
+class WorkerSettings(BaseModel):
+    """Stream processing (`iotmon worker`, Faust)."""
+
+    app_id: str = "iotmon-worker"  # also the consumer group and the changelog topic prefix
+    web_port: int = 6066  # Faust binds it even with the web server off: distinct per worker
+    timezone: str = "Asia/Seoul"  # hours of sensors without a location
+    grace_s: float = Field(600.0, ge=0)  # readings up to this late still count in their hour
+    tick_interval_s: float = Field(5.0, gt=0)
+    idle_close_s: float = Field(30.0, gt=0)  # a quiet partition closes hours by wall clock
+    silent_after_s: float = Field(300.0, gt=0)  # sensor-silent alert after this long
+    outbox_keep_s: float = Field(600.0, gt=0)
+    session_timeout_s: float = Field(6.0, gt=0)
+    heartbeat_s: float = Field(1.0, gt=0)
+    metrics_port: int = 9104
+
+
 class SinkSettings(BaseModel):
     """Kafka -> PostgreSQL sinks (`iotmon sink`)."""
 
@@ -138,6 +154,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     database_url: str | None = Field(

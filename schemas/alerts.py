@@ -25,6 +25,10 @@ class AlertTransition(StrEnum):
 
 
 class AlertEvent(BaseModel):
+    """One state change of an alert.  ``event_id`` and ``alert_id`` are derived from the
+    input (sensor, metric, reading times), so re-processing after a crash yields the same
+    ids and the sinks store each event once."""
+
     event_id: UUID
     alert_id: UUID
     kind: AlertKind
@@ -32,7 +36,7 @@ class AlertEvent(BaseModel):
     sensor_id: str
     loc_id: str
     metric: str | None  # None for sensor_silent
-    level: Status
+    level: Status  # warning or critical; for "resolved", the level the alert had
     measured_value: Decimal | None
     threshold_id: int | None
     threshold_level: str | None

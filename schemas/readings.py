@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.common import Status
 from schemas.master import SENSOR_ID_PATTERN
 
 Source = Literal["mqtt", "kafka"]
@@ -93,9 +94,31 @@ class ReadingBatch(BaseModel):
     One Kafka record carries many readings so that stream processing pays its per-event cost
     once per batch, not once per reading.  Every reading in a batch hashes (murmur2 of its
     sensor id) to the partition the batch was written to.
+
+    A record with ``tick_at`` set and no readings is a clock tick of the stream processor:
+    written into every partition so that closing hours and detecting silent sensors happen
+    in the partition's own order (deterministic on replay).  Other consumers ignore it.
     """
 
-    readings: list[Reading]
+    readings: list[Reading] = Field(default_factory=list)
+    tick_at: datetime | None = None
+
+
+class SensorStatus(BaseModel):
+    """The latest reading of a sensor with the status of each metric (``None``: the metric
+    has no thresholds).  Carried by the compacted latest-status topic."""
+
+    sensor_id: str
+    loc_id: str
+    capture_dt: datetime
+    temperature: Decimal
+    humidity: Decimal
+    pcv_temperature: Decimal | None
+    pcv_computed: bool
+    temperature_status: Status | None
+    humidity_status: Status | None
+    pcv_temperature_status: Status | None
+    updated_at: datetime
 
 
 class DeadLetterReason(StrEnum):

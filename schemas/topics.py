@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from schemas.aggregates import HourlyAggregate
 from schemas.alerts import AlertEvent
 from schemas.master import SensorRecord
-from schemas.readings import DeadLetter, ReadingBatch, ReadingPayload
+from schemas.readings import DeadLetter, ReadingBatch, ReadingPayload, SensorStatus
 from schemas.thresholds import ThresholdRecord
 
 CleanupPolicy = Literal["delete", "compact"]
@@ -27,6 +27,7 @@ TopicId = Literal[
     "thresholds",
     "aggregates_hourly",
     "alerts",
+    "latest",
 ]
 
 
@@ -128,6 +129,16 @@ TOPICS: dict[TopicId, TopicSpec] = {
             "delete",
             30 * _DAY_MS,
             "Provisional and final hourly aggregates per sensor.",
+        ),
+        TopicSpec(
+            "latest",
+            "iot.readings.latest",
+            SensorStatus,
+            "sensor_id",
+            None,
+            "compact",
+            None,
+            "Latest reading of each sensor with its statuses.",
         ),
         TopicSpec(
             "alerts",

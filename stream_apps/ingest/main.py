@@ -13,7 +13,7 @@ from producers.kafka import make_producer
 from producers.masterdata import auto_register, import_master_data
 from schemas.master import SensorRecord
 from schemas.topics import topic_name
-from stream_apps.ingest.directory import SensorDirectory
+from stream_apps.common.directory import SensorDirectory
 from stream_apps.ingest.processor import IngestMetrics, IngestProcessor, IngestTopics
 from stream_apps.ingest.validate import Limits
 

@@ -18,10 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 
 import orjson
-from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,7 +31,8 @@ from schemas.readings import (
     ReadingBatch,
     Source,
 )
-from stream_apps.ingest.directory import SensorDirectory
+from stream_apps.common.directory import SensorDirectory
+from stream_apps.common.partitioning import partition_for
 from stream_apps.ingest.validate import Accepted, Limits, Rejection, decode, validate_item
 
 log = logging.getLogger(__name__)
@@ -76,12 +75,6 @@ class IngestTopics:
 
 
 Registrar = Callable[[str], SensorRecord]
-
-
-@lru_cache(maxsize=200_000)
-def partition_for(sensor_id: str, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner gives this key."""
-    return int(murmur2(sensor_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _header(msg: Message, name: str) -> bytes | None:

@@ -19,8 +19,8 @@ from producers.masterdata import MasterData, import_master_data
 from schemas.master import Location, Sensor
 from schemas.readings import DeadLetterHeaders, ReadingBatch
 from schemas.topics import topic_name
+from stream_apps.common.partitioning import partition_for
 from stream_apps.ingest.main import build
-from stream_apps.ingest.processor import partition_for
 from tests.helpers import headers_of, read_topic, value_of, wait_for
 
 pytestmark = pytest.mark.integration

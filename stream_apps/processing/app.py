@@ -1,0 +1,202 @@
+"""The Faust application of the stream processing (`iotmon worker`).
+
+Thin adapter around :mod:`stream_apps.processing.engine`: per record of the readings topic
+it loads the states of the sensors involved from changelog-backed tables, applies the record,
+stores what changed and sends the outputs.  Faust's windowed tables and ``on_window_close``
+are deliberately not used: they expire by wall clock, lose expiries across restarts and
+count replayed events twice.  Instead the hours live in plain table values, and a leader
+timer writes a clock tick into every partition, so closing happens in partition order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Counter
+
+from iotmon.settings import Settings
+from schemas.readings import ReadingBatch
+from schemas.topics import TopicId, topic_name
+from stream_apps.common.directory import SensorDirectory, ThresholdDirectory
+from stream_apps.processing.engine import (
+    Context,
+    Outputs,
+    PartitionState,
+    SensorState,
+    apply_batch,
+    apply_tick,
+)
+from stream_apps.processing.rules import ThresholdIndex
+from stream_apps.processing.windows import WindowPolicy
+
+log = logging.getLogger(__name__)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
+            "iotmon_worker_records_total", "Records processed", ["kind"], registry=registry
+        )
+        self.readings = Counter(
+            "iotmon_worker_readings_total", "Readings applied", registry=registry
+        )
+        self.late = Counter(
+            "iotmon_worker_late_total", "Readings after their hour closed", registry=registry
+        )
+        self.finals = Counter(
+            "iotmon_worker_final_aggregates_total",
+            "Final hourly aggregates emitted",
+            registry=registry,
+        )
+        self.alert_events = Counter(
+            "iotmon_worker_alert_events_total",
+            "Alert events emitted",
+            ["transition"],
+            registry=registry,
+        )
+        self.replayed = Counter(
+            "iotmon_worker_replayed_total",
+            "Sensor updates skipped because already applied",
+            registry=registry,
+        )
+
+
+@dataclass
+class Views:
+    sensors: SensorDirectory
+    thresholds: ThresholdDirectory
+    index: ThresholdIndex
+    index_version: int = -1
+
+    def refresh(self) -> None:
+        self.sensors.refresh()
+        self.thresholds.refresh()
+        if self.thresholds.version != self.index_version:
+            self.index = ThresholdIndex(self.thresholds.thresholds())
+            self.index_version = self.thresholds.version
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """The Faust app with its topics, tables, agent and tick timer (no I/O until started)."""
+    w = settings.worker
+    kafka = settings.kafka
+    partitions = kafka.default_partitions
+    metrics = WorkerMetrics(registry or CollectorRegistry())
+    app = faust.App(
+        f"{kafka.topic_prefix}{w.app_id}",
+        broker=f"kafka://{kafka.bootstrap_servers}",
+        store="memory://",
+        web_port=w.web_port,
+        web_enabled=False,
+        topic_partitions=partitions,
+        topic_replication_factor=kafka.replication_factor,
+        broker_session_timeout=w.session_timeout_s,
+        broker_heartbeat_interval=w.heartbeat_s,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        producer_acks=-1,
+        datadir=str(settings.stack.state_dir / "worker" / f"{kafka.topic_prefix}{w.app_id}"),
+    )
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    readings = app.topic(topic_name("readings", kafka.topic_prefix), partitions=partitions, **raw)
+    out_ids: tuple[TopicId, ...] = ("aggregates_hourly", "alerts", "latest", "readings_late")
+    out = {name: app.topic(topic_name(name, kafka.topic_prefix), **raw) for name in out_ids}
+    sensor_table = app.Table("sensor-state", partitions=partitions, **raw)
+    partition_table = app.Table("partition-state", partitions=partitions, **raw)
+    policy = WindowPolicy(grace=timedelta(seconds=w.grace_s), timezone=w.timezone)
+    views: list[Views] = []
+
+    def load_views() -> Views:
+        if not views:
+            sensors, thresholds = SensorDirectory(kafka), ThresholdDirectory(kafka)
+            sensors.load()
+            thresholds.load()  # never evaluate before the thresholds are known
+            views.append(
+                Views(
+                    sensors, thresholds, ThresholdIndex(thresholds.thresholds()), thresholds.version
+                )
+            )
+        return views[0]
+
+    async def send(outputs: Outputs, partition: int) -> None:
+        for agg in outputs.aggregates:
+            if agg.is_final:
+                metrics.finals.inc()
+            await out["aggregates_hourly"].send(
+                key=agg.sensor_id.encode(), value=agg.model_dump_json().encode()
+            )
+        for event in outputs.alerts:
+            metrics.alert_events.labels(event.transition.value).inc()
+            await out["alerts"].send(
+                key=event.sensor_id.encode(), value=event.model_dump_json().encode()
+            )
+        for status in outputs.latest:
+            await out["latest"].send(
+                key=status.sensor_id.encode(), value=status.model_dump_json().encode()
+            )
+        if outputs.late:
+            metrics.late.inc(len(outputs.late))
+            await out["readings_late"].send(
+                value=ReadingBatch(readings=outputs.late).model_dump_json().encode(),
+                partition=partition,
+            )
+
+    @app.agent(readings, name="process-readings")
+    async def process(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            msg = event.message
+            v = load_views()
+            v.refresh()
+            batch = ReadingBatch.model_validate_json(event.value)
+            pkey = str(msg.partition).encode()
+            stored = partition_table.get(pkey)
+            pstate = PartitionState.model_validate_json(stored) if stored else PartitionState()
+            sensors = (
+                set(pstate.sensors) if batch.tick_at else {r.sensor_id for r in batch.readings}
+            )
+            states: dict[str, SensorState] = {}
+            for sid in sensors:
+                raw_state = sensor_table.get(sid.encode())
+                if raw_state:
+                    states[sid] = SensorState.model_validate_json(raw_state)
+
+            def location(sid: str, v: Views = v) -> Any:
+                record = v.sensors.get(sid)
+                return record.location if record else None
+
+            ctx = Context(
+                policy=policy,
+                thresholds=v.index,
+                location=location,
+                silent_after=timedelta(seconds=w.silent_after_s),
+                idle_after=timedelta(seconds=w.idle_close_s),
+                outbox_keep=timedelta(seconds=w.outbox_keep_s),
+                now=datetime.now(UTC),
+            )
+            if batch.tick_at is not None:
+                metrics.records.labels("tick").inc()
+                outputs = apply_tick(pstate, states, batch.tick_at, msg.offset, ctx)
+            else:
+                metrics.records.labels("readings").inc()
+                metrics.readings.inc(len(batch.readings))
+                record_time = datetime.fromtimestamp(msg.timestamp, UTC)
+                outputs = apply_batch(pstate, states, batch.readings, msg.offset, record_time, ctx)
+            for sid, state in states.items():
+                if state.last_offset == msg.offset:
+                    sensor_table[sid.encode()] = state.model_dump_json().encode()
+                elif batch.tick_at is None:
+                    metrics.replayed.inc()
+            partition_table[pkey] = pstate.model_dump_json().encode()
+            await send(outputs, msg.partition)
+
+    @app.timer(w.tick_interval_s, on_leader=True)  # type: ignore[untyped-decorator]
+    async def tick() -> None:
+        value = ReadingBatch(tick_at=datetime.now(UTC)).model_dump_json().encode()
+        for partition in range(partitions):
+            await readings.send(value=value, partition=partition)
+
+    return app

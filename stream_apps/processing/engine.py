@@ -1,0 +1,294 @@
+"""The processing of one partition's records, as plain functions over plain state.
+
+Faust (``stream_apps/processing/app.py``) only loads the states of the sensors a record
+touches, calls :func:`apply_batch` or :func:`apply_tick`, stores the states back and sends
+the outputs.  Everything here is deterministic given the records of a partition in order, so
+re-processing after a crash decides the same things with the same ids.
+
+Effectively-once: every sensor state remembers the offset of the last record applied to it.
+A replayed record (offset not above it) is not applied again; instead the outputs that record
+produced for that sensor (finals and alert events, kept in the state's outbox for a while) are
+sent again, because the crash may have lost them after the state was saved.  The sinks store
+each of them once (keys: sensor and hour; event id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from schemas.aggregates import HourlyAggregate
+from schemas.alerts import AlertEvent, AlertKind, AlertTransition
+from schemas.common import METRICS, Status
+from schemas.master import Location
+from schemas.readings import Reading, SensorStatus
+from stream_apps.processing.lifecycle import (
+    NAMESPACE,
+    MetricAlertState,
+    Subject,
+    event_id_for,
+    step,
+)
+from stream_apps.processing.rules import ThresholdIndex
+from stream_apps.processing.windows import HourWindow, WindowPolicy, local_hour
+
+
+class OutboxEntry(BaseModel):
+    offset: int
+    created: datetime
+    aggregates: list[HourlyAggregate] = Field(default_factory=list)
+    alerts: list[AlertEvent] = Field(default_factory=list)
+
+
+class SensorState(BaseModel):
+    sensor_id: str
+    loc_id: str
+    last_offset: int = -1
+    windows: dict[datetime, HourWindow] = Field(default_factory=dict)
+    closed_through: datetime | None = None  # newest hour finalized
+    alerts: dict[str, MetricAlertState] = Field(default_factory=dict)
+    last_seen: datetime | None = None  # record time of the last batch with this sensor
+    last_capture: datetime | None = None
+    silent_alert_id: UUID | None = None
+    outbox: list[OutboxEntry] = Field(default_factory=list)
+
+
+class PartitionState(BaseModel):
+    watermark: datetime | None = None  # newest capture time seen in the partition
+    last_data_at: datetime | None = None  # record time of the newest data batch
+    sensors: set[str] = Field(default_factory=set)
+
+
+@dataclass
+class Outputs:
+    aggregates: list[HourlyAggregate] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+    latest: list[SensorStatus] = field(default_factory=list)
+    late: list[Reading] = field(default_factory=list)
+
+    def extend(self, entry: OutboxEntry) -> None:
+        self.aggregates.extend(entry.aggregates)
+        self.alerts.extend(entry.alerts)
+
+
+@dataclass(frozen=True)
+class Context:
+    policy: WindowPolicy
+    thresholds: ThresholdIndex
+    location: Callable[[str], Location | None]
+    silent_after: timedelta
+    idle_after: timedelta
+    outbox_keep: timedelta
+    now: datetime  # wall clock: decided_at of alert events, updated_at of aggregates
+
+
+def _zone(ctx: Context, location: Location | None) -> str:
+    return location.timezone if location is not None else ctx.policy.timezone
+
+
+def _record(
+    state: SensorState,
+    offset: int,
+    now: datetime,
+    aggregates: list[HourlyAggregate],
+    alerts: list[AlertEvent],
+) -> None:
+    if aggregates or alerts:
+        state.outbox.append(
+            OutboxEntry(offset=offset, created=now, aggregates=aggregates, alerts=alerts)
+        )
+
+
+def _replayed(state: SensorState, offset: int, out: Outputs) -> bool:
+    """True if ``offset`` was applied to this sensor already (then its outputs are resent)."""
+    if offset > state.last_offset:
+        return False
+    for entry in state.outbox:
+        if entry.offset == offset:
+            out.extend(entry)
+    return True
+
+
+def apply_batch(
+    partition: PartitionState,
+    states: dict[str, SensorState],
+    readings: list[Reading],
+    offset: int,
+    record_time: datetime,
+    ctx: Context,
+) -> Outputs:
+    """Apply a batch of readings (record ``offset`` of the partition)."""
+    out = Outputs()
+    watermark = partition.watermark  # lateness is judged against the watermark before
+    touched: dict[str, set[datetime]] = {}
+    new_alerts: dict[str, list[AlertEvent]] = {}
+    newest: dict[str, tuple[Reading, dict[str, Status | None]]] = {}
+    skipped: set[str] = set()
+    for reading in readings:
+        sid = reading.sensor_id
+        state = states.get(sid)
+        if state is None:
+            state = states[sid] = SensorState(sensor_id=sid, loc_id=reading.loc_id)
+        if sid in skipped or (sid not in touched and _replayed(state, offset, out)):
+            skipped.add(sid)
+            continue
+        touched.setdefault(sid, set())
+        state.loc_id = reading.loc_id
+        location = ctx.location(sid)
+        hour_start, ymd, hh = local_hour(reading.capture_dt, _zone(ctx, location))
+        late = (watermark is not None and ctx.policy.closes_at(hour_start) <= watermark) or (
+            state.closed_through is not None and hour_start <= state.closed_through
+        )
+        if late:
+            out.late.append(reading)
+        else:
+            window = state.windows.get(hour_start)
+            if window is None:
+                window = state.windows[hour_start] = HourWindow(
+                    hour_start=hour_start, ymd=ymd, hour=hh
+                )
+            if window.add(reading):
+                touched[sid].add(hour_start)
+
+        statuses: dict[str, Status | None] = {}
+        for metric in METRICS:
+            value = getattr(reading, metric)
+            evaluation = ctx.thresholds.evaluate(metric, value, location)
+            statuses[metric] = evaluation.status
+            alert_state = state.alerts.setdefault(metric, MetricAlertState())
+            events = step(
+                alert_state,
+                Subject(sid, reading.loc_id, metric),
+                evaluation,
+                value,
+                reading.capture_dt,
+                ctx.now,
+            )
+            new_alerts.setdefault(sid, []).extend(events)
+        if state.silent_alert_id is not None:
+            new_alerts.setdefault(sid, []).append(
+                _silent_event(state, AlertTransition.RESOLVED, reading.capture_dt, ctx.now)
+            )
+            state.silent_alert_id = None
+        if state.last_capture is None or reading.capture_dt >= state.last_capture:
+            state.last_capture = reading.capture_dt
+            newest[sid] = (reading, statuses)
+        state.last_seen = max(state.last_seen or record_time, record_time)
+
+    for sid, hours in touched.items():
+        state = states[sid]
+        state.last_offset = offset
+        partition.sensors.add(sid)
+        for hour_start in sorted(hours):
+            out.aggregates.append(
+                state.windows[hour_start].aggregate(sid, state.loc_id, final=False, now=ctx.now)
+            )
+        events = new_alerts.get(sid, [])
+        out.alerts.extend(events)
+        _record(state, offset, ctx.now, [], events)
+    for sid, (reading, statuses) in newest.items():
+        out.latest.append(
+            SensorStatus(
+                sensor_id=sid,
+                loc_id=reading.loc_id,
+                capture_dt=reading.capture_dt,
+                temperature=reading.temperature,
+                humidity=reading.humidity,
+                pcv_temperature=reading.pcv_temperature,
+                pcv_computed=reading.pcv_computed,
+                temperature_status=statuses["temperature"],
+                humidity_status=statuses["humidity"],
+                pcv_temperature_status=statuses["pcv_temperature"],
+                updated_at=ctx.now,
+            )
+        )
+    if readings:
+        newest_capture = max(r.capture_dt for r in readings)
+        partition.watermark = max(partition.watermark or newest_capture, newest_capture)
+        partition.last_data_at = max(partition.last_data_at or record_time, record_time)
+    return out
+
+
+def _silent_event(
+    state: SensorState, transition: AlertTransition, reading_time: datetime, now: datetime
+) -> AlertEvent:
+    assert state.silent_alert_id is not None
+    return AlertEvent(
+        event_id=event_id_for(state.silent_alert_id, transition.value, reading_time),
+        alert_id=state.silent_alert_id,
+        kind=AlertKind.SENSOR_SILENT,
+        transition=transition,
+        sensor_id=state.sensor_id,
+        loc_id=state.loc_id,
+        metric=None,
+        level=Status.WARNING,
+        measured_value=None,
+        threshold_id=None,
+        threshold_level=None,
+        threshold_min=None,
+        threshold_max=None,
+        reading_time=reading_time,
+        decided_at=now,
+        message=(
+            f"sensor {state.sensor_id} ({state.loc_id}) "
+            + (
+                "has sent nothing since "
+                if transition is AlertTransition.RAISED
+                else "is sending again at "
+            )
+            + reading_time.isoformat()
+        ),
+    )
+
+
+def apply_tick(
+    partition: PartitionState,
+    states: dict[str, SensorState],
+    tick_at: datetime,
+    offset: int,
+    ctx: Context,
+) -> Outputs:
+    """Close the hours whose grace has passed and raise sensor-silent alerts.
+
+    Hours close by the partition's event-time watermark; when the partition has received
+    nothing for ``idle_after`` (by record time), the tick's own time stands in for it, so a
+    plant that went quiet still gets its final aggregates.
+    """
+    out = Outputs()
+    watermark = partition.watermark
+    idle = partition.last_data_at is None or tick_at - partition.last_data_at >= ctx.idle_after
+    if idle and (watermark is None or tick_at > watermark):
+        watermark = tick_at
+    for sid in sorted(partition.sensors):
+        state = states.get(sid)
+        if state is None or _replayed(state, offset, out):
+            continue
+        finals = []
+        if watermark is not None:
+            for hour_start in sorted(state.windows):
+                if ctx.policy.closes_at(hour_start) <= watermark:
+                    window = state.windows.pop(hour_start)
+                    finals.append(window.aggregate(sid, state.loc_id, final=True, now=ctx.now))
+                    state.closed_through = max(state.closed_through or hour_start, hour_start)
+        alerts = []
+        if (
+            state.silent_alert_id is None
+            and state.last_seen is not None
+            and tick_at - state.last_seen >= ctx.silent_after
+        ):
+            since = state.last_capture or state.last_seen
+            state.silent_alert_id = uuid.uuid5(NAMESPACE, f"silent|{sid}|{since.isoformat()}")
+            alerts.append(_silent_event(state, AlertTransition.RAISED, since, ctx.now))
+        pruned = [e for e in state.outbox if e.created >= tick_at - ctx.outbox_keep]
+        if finals or alerts or len(pruned) != len(state.outbox):
+            state.outbox = pruned
+            state.last_offset = offset
+            _record(state, offset, ctx.now, finals, alerts)
+            out.aggregates.extend(finals)
+            out.alerts.extend(alerts)
+    return out

@@ -1,0 +1,166 @@
+"""Alert lifecycle per sensor and metric: one active alert at a time, stable ids.
+
+Driven by event time (the readings' capture times), so replaying the same readings gives
+the same decisions and the same ids.  A status must hold for the matched band's
+``hold_seconds`` before an alert is raised or escalated; the value must stay below the
+active level for the active band's ``clear_seconds`` before it is de-escalated or resolved,
+and within ``clear_margin`` of the active band it still counts as the active level
+(hysteresis), so a value hovering at a band edge does not flap.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel
+
+from schemas.alerts import AlertEvent, AlertKind, AlertTransition
+from schemas.common import Status
+from schemas.thresholds import Threshold
+from stream_apps.processing.rules import STATUS_RANK, Evaluation
+
+NAMESPACE = uuid.UUID("6f1c3c52-8f0e-4b8e-9a39-1d6a2f8e7c11")
+
+
+def alert_id_for(sensor_id: str, metric: str, raised_at_reading: datetime) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"alert|{sensor_id}|{metric}|{raised_at_reading.isoformat()}")
+
+
+def event_id_for(alert_id: uuid.UUID, transition: str, reading_time: datetime) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"event|{alert_id}|{transition}|{reading_time.isoformat()}")
+
+
+class MetricAlertState(BaseModel):
+    alert_id: uuid.UUID | None = None
+    level: Status | None = None
+    band: Threshold | None = None
+    pending_level: Status | None = None  # a higher level waiting for its hold time
+    pending_since: datetime | None = None
+    lower_since: datetime | None = None  # below the active level since
+
+
+@dataclass(frozen=True)
+class Subject:
+    sensor_id: str
+    loc_id: str
+    metric: str
+
+
+def _held(since: datetime | None, now: datetime, seconds: int) -> bool:
+    return since is not None and now - since >= timedelta(seconds=seconds)
+
+
+def _within_margin(band: Threshold, value: Decimal) -> bool:
+    margin = band.clear_margin
+    return (band.min_value is None or band.min_value - margin <= value) and (
+        band.max_value is None or value <= band.max_value + margin
+    )
+
+
+def _message(
+    subject: Subject,
+    transition: AlertTransition,
+    level: Status,
+    value: Decimal | None,
+    band: Threshold | None,
+) -> str:
+    where = f"{subject.sensor_id} ({subject.loc_id})"
+    if transition is AlertTransition.RESOLVED:
+        return f"{subject.metric} at {where} is back to normal ({value})"
+    bounds = ""
+    if band is not None:
+        low = "" if band.min_value is None else str(band.min_value)
+        high = "" if band.max_value is None else str(band.max_value)
+        bounds = f", band {band.level} [{low}, {high}]"
+    return f"{subject.metric} {value} at {where}: {level.value}{bounds}"
+
+
+def step(
+    state: MetricAlertState,
+    subject: Subject,
+    evaluation: Evaluation,
+    value: Decimal | None,
+    reading_time: datetime,
+    decided_at: datetime,
+) -> list[AlertEvent]:
+    """Advance the state with one reading; returns the alert events it causes (0 or 1)."""
+    effective = evaluation.status or Status.NORMAL
+    band = evaluation.band
+    active = state.alert_id is not None and state.level is not None
+    if (
+        active
+        and state.band is not None
+        and value is not None
+        and STATUS_RANK[effective] < STATUS_RANK[state.level]  # type: ignore[index]
+        and _within_margin(state.band, value)
+    ):
+        effective, band = state.level, state.band  # type: ignore[assignment]
+
+    def event(transition: AlertTransition, level: Status, used: Threshold | None) -> AlertEvent:
+        assert state.alert_id is not None
+        return AlertEvent(
+            event_id=event_id_for(state.alert_id, transition.value, reading_time),
+            alert_id=state.alert_id,
+            kind=AlertKind.THRESHOLD,
+            transition=transition,
+            sensor_id=subject.sensor_id,
+            loc_id=subject.loc_id,
+            metric=subject.metric,
+            level=level,
+            measured_value=value,
+            threshold_id=used.threshold_id if used else None,
+            threshold_level=used.level if used else None,
+            threshold_min=used.min_value if used else None,
+            threshold_max=used.max_value if used else None,
+            reading_time=reading_time,
+            decided_at=decided_at,
+            message=_message(subject, transition, level, value, used),
+        )
+
+    if not active:
+        if effective is Status.NORMAL:
+            state.pending_level = state.pending_since = None
+            return []
+        if state.pending_since is None:
+            state.pending_since = reading_time
+        state.pending_level = effective
+        hold = band.hold_seconds if band is not None else 0
+        if not _held(state.pending_since, reading_time, hold):
+            return []
+        state.alert_id = alert_id_for(subject.sensor_id, subject.metric, reading_time)
+        state.level, state.band = effective, band
+        state.pending_level = state.pending_since = state.lower_since = None
+        return [event(AlertTransition.RAISED, effective, band)]
+
+    level = state.level
+    assert level is not None
+    if STATUS_RANK[effective] > STATUS_RANK[level]:
+        state.lower_since = None
+        if state.pending_level is not effective or state.pending_since is None:
+            state.pending_level, state.pending_since = effective, reading_time
+        hold = band.hold_seconds if band is not None else 0
+        if not _held(state.pending_since, reading_time, hold):
+            return []
+        state.level, state.band = effective, band
+        state.pending_level = state.pending_since = None
+        return [event(AlertTransition.ESCALATED, effective, band)]
+
+    state.pending_level = state.pending_since = None
+    if effective is level:
+        state.lower_since = None
+        return []
+    if state.lower_since is None:
+        state.lower_since = reading_time
+    clear = state.band.clear_seconds if state.band is not None else 0
+    if not _held(state.lower_since, reading_time, clear):
+        return []
+    state.lower_since = None
+    if effective is Status.NORMAL:
+        events = [event(AlertTransition.RESOLVED, level, state.band)]
+        state.alert_id = state.level = state.band = None
+        return events
+    state.level, state.band = effective, band
+    return [event(AlertTransition.DEESCALATED, effective, band)]

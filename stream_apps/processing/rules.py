@@ -1,0 +1,98 @@
+"""Threshold evaluation: the original system's rule, made the single rule of the platform.
+
+A band matches when ``min <= value <= max`` (both inclusive; a missing bound is open).  The
+highest-priority matching band gives the status; no match is ``normal``; a metric without
+any band is ``None``.  A band may be scoped to a factory, building, floor or location: the
+most specific scope that has bands for the metric wins, global otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from schemas.common import Metric, Status
+from schemas.master import Location
+from schemas.thresholds import LEVEL_PRIORITY, LEVEL_STATUS, Threshold
+
+STATUS_RANK = {Status.NORMAL: 0, Status.WARNING: 1, Status.CRITICAL: 2}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    status: Status | None
+    band: Threshold | None  # the band that decided (None: normal by no match, or no bands)
+
+
+def specificity(t: Threshold) -> int:
+    """4 location, 3 floor, 2 building, 1 factory, 0 global."""
+    if t.loc_id is not None:
+        return 4
+    if t.floor is not None:
+        return 3
+    if t.building is not None:
+        return 2
+    if t.factory is not None:
+        return 1
+    return 0
+
+
+def in_scope(t: Threshold, location: Location | None) -> bool:
+    if specificity(t) == 0:
+        return True
+    if location is None:
+        return False
+    return (
+        (t.loc_id is None or t.loc_id == location.loc_id)
+        and (t.factory is None or t.factory == location.factory)
+        and (t.building is None or t.building == location.building)
+        and (t.floor is None or t.floor == location.floor)
+    )
+
+
+def matches(t: Threshold, value: Decimal) -> bool:
+    return (t.min_value is None or t.min_value <= value) and (
+        t.max_value is None or value <= t.max_value
+    )
+
+
+class ThresholdIndex:
+    """Bands per metric, ready for evaluation; rebuilt when thresholds change."""
+
+    def __init__(self, thresholds: Iterable[Threshold]) -> None:
+        self.by_metric: dict[str, list[Threshold]] = defaultdict(list)
+        for t in thresholds:
+            self.by_metric[t.threshold_type].append(t)
+
+    def bands_for(self, metric: Metric, location: Location | None) -> list[Threshold]:
+        """The bands of the most specific scope that has any for this metric and place."""
+        candidates = [t for t in self.by_metric.get(metric, ()) if in_scope(t, location)]
+        if not candidates:
+            return []
+        best = max(specificity(t) for t in candidates)
+        return [t for t in candidates if specificity(t) == best]
+
+    def evaluate(
+        self, metric: Metric, value: Decimal | None, location: Location | None
+    ) -> Evaluation:
+        bands = self.bands_for(metric, location)
+        if not bands or value is None:
+            return Evaluation(None, None)
+        matched = [t for t in bands if matches(t, value)]
+        if not matched:
+            return Evaluation(Status.NORMAL, None)
+        # Highest priority wins; among equals the narrower band (then the lower id) decides,
+        # so that the result never depends on the order thresholds were loaded in.
+        top = max(
+            matched,
+            key=lambda t: (LEVEL_PRIORITY[t.level], -_width(t), -t.threshold_id),
+        )
+        return Evaluation(LEVEL_STATUS[top.level], top)
+
+
+def _width(t: Threshold) -> Decimal:
+    if t.min_value is None or t.max_value is None:
+        return Decimal("Infinity")
+    return t.max_value - t.min_value

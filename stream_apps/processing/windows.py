@@ -1,0 +1,137 @@
+"""Hourly windows by event time, in the factory's local hours.  Plain functions, exact decimals.
+
+An hour is identified by the instant its local hour starts (``hour_start``); ``ymd``/``hour``
+name it in the factory's zone.  An hour closes when the partition's watermark has passed its
+end by the grace period; readings of a closed hour are late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field
+
+from schemas.aggregates import HourlyAggregate, MetricAggregate
+from schemas.common import METRICS, Metric
+from schemas.readings import Reading
+
+_HOUR = timedelta(hours=1)
+_CENT = Decimal("0.01")
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=100_000)
+def _hour_start_cached(epoch_hour: int, tz_name: str) -> tuple[datetime, str, str]:
+    moment = datetime.fromtimestamp(epoch_hour * 3600, UTC).astimezone(_zone(tz_name))
+    local = moment.replace(minute=0, second=0, microsecond=0)
+    return local.astimezone(UTC), f"{local:%Y%m%d}", f"{local:%H}"
+
+
+def local_hour(capture_dt: datetime, tz_name: str) -> tuple[datetime, str, str]:
+    """(hour_start as a UTC instant, ymd, hh) of the local hour that contains ``capture_dt``.
+
+    Zones whose offset is not a whole number of hours are handled: the local hour is
+    truncated in local time, not in UTC.
+    """
+    local = capture_dt.astimezone(_zone(tz_name))
+    if local.utcoffset() and local.utcoffset() % _HOUR:  # type: ignore[operator]
+        start = local.replace(minute=0, second=0, microsecond=0)
+        return start.astimezone(UTC), f"{start:%Y%m%d}", f"{start:%H}"
+    return _hour_start_cached(int(capture_dt.timestamp() // 3600), tz_name)
+
+
+def round2(value: Decimal) -> Decimal:
+    """Two decimals, half away from zero (as PostgreSQL's round(numeric, 2))."""
+    return value.quantize(_CENT, ROUND_HALF_UP)
+
+
+class MetricWindow(BaseModel):
+    count: int = 0
+    sum: Decimal = Decimal(0)
+    min: Decimal | None = None
+    max: Decimal | None = None
+
+    def add(self, value: Decimal) -> None:
+        self.count += 1
+        self.sum += value
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+
+    def snapshot(self) -> MetricAggregate | None:
+        if self.count == 0 or self.min is None or self.max is None:
+            return None
+        return MetricAggregate(count=self.count, sum=self.sum, min=self.min, max=self.max)
+
+
+class HourWindow(BaseModel):
+    """One sensor-hour: the aggregates and the capture instants already counted (duplicates
+    of a reading, same sensor and capture time, are counted once)."""
+
+    hour_start: datetime
+    ymd: str
+    hour: str
+    temperature: MetricWindow = Field(default_factory=MetricWindow)
+    humidity: MetricWindow = Field(default_factory=MetricWindow)
+    pcv_temperature: MetricWindow = Field(default_factory=MetricWindow)
+    seen_ms: set[int] = Field(default_factory=set)  # capture times, ms after hour_start
+
+    def add(self, reading: Reading) -> bool:
+        """Count the reading; False (and no change) if it was counted before."""
+        offset = int((reading.capture_dt - self.hour_start).total_seconds() * 1000)
+        if offset in self.seen_ms:
+            return False
+        self.seen_ms.add(offset)
+        for metric in METRICS:
+            value = getattr(reading, metric)
+            if value is not None:
+                self.metric(metric).add(value)
+        return True
+
+    def metric(self, metric: Metric) -> MetricWindow:
+        window: MetricWindow = getattr(self, metric)
+        return window
+
+    def aggregate(
+        self, sensor_id: str, loc_id: str, *, final: bool, now: datetime
+    ) -> HourlyAggregate:
+        return HourlyAggregate(
+            sensor_id=sensor_id,
+            loc_id=loc_id,
+            hour_start=self.hour_start,
+            ymd=self.ymd,
+            hour=self.hour,
+            temperature=self.temperature.snapshot(),
+            humidity=self.humidity.snapshot(),
+            pcv_temperature=self.pcv_temperature.snapshot(),
+            is_final=final,
+            updated_at=now,
+        )
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    grace: timedelta = timedelta(minutes=10)
+    timezone: str = "Asia/Seoul"
+
+    def closes_at(self, hour_start: datetime) -> datetime:
+        """The watermark at which the hour closes."""
+        return hour_start + _HOUR + self.grace
+
+
+def is_late(hour_start: datetime, watermark: datetime | None, policy: WindowPolicy) -> bool:
+    return watermark is not None and policy.closes_at(hour_start) <= watermark
+
+
+def average(window: MetricAggregate) -> Decimal:
+    """sum / count of raw readings, at two decimals half away from zero."""
+    return round2(window.sum / window.count)
