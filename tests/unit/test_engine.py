@@ -143,7 +143,7 @@ def test_replay_after_a_crash_changes_nothing() -> None:
 
 def test_a_reading_after_its_hour_closed_is_late_and_kept() -> None:
     readings = make_readings(2, 2, START, every_s=60, duplicates=0, shuffle_s=1)
-    partition, states = PartitionState(), {}
+    partition, states = PartitionState(), dict[str, SensorState]()
     apply_batch(partition, states, readings, 0, END, context(END))
     closing = START + timedelta(hours=1, minutes=10)
     out = apply_batch(
@@ -172,7 +172,7 @@ def test_idle_partition_closes_by_the_tick_clock_and_silent_sensors_alert() -> N
         source="mqtt",
         received_at=now,
     )
-    partition, states = PartitionState(), {}
+    partition, states = PartitionState(), dict[str, SensorState]()
     apply_batch(partition, states, [reading], 0, now, context(now))
     # not idle yet: the partition's event time has not passed the hour
     out = apply_tick(
