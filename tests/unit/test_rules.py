@@ -26,7 +26,7 @@ def band(
     return Threshold(
         threshold_id=tid,
         threshold_type=metric,
-        level=level,  # type: ignore[arg-type]
+        level=level,
         min_value=None if lo is None else Decimal(lo),
         max_value=None if hi is None else Decimal(hi),
         upd_dt=T,
