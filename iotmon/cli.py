@@ -28,6 +28,15 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(locations_app, name="locations")
 
+
+def _register_thresholds() -> None:
+    from producers.thresholds_cmd import thresholds_app  # noqa: PLC0415
+
+    app.add_typer(thresholds_app, name="thresholds")
+
+
+_register_thresholds()
+
 console = Console(stderr=True)
 log = logging.getLogger("iotmon")
 

@@ -99,14 +99,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         producer_acks=-1,
+        table_key_serializer="raw",
+        table_value_serializer="raw",
         datadir=str(settings.stack.state_dir / "worker" / f"{kafka.topic_prefix}{w.app_id}"),
     )
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     readings = app.topic(topic_name("readings", kafka.topic_prefix), partitions=partitions, **raw)
     out_ids: tuple[TopicId, ...] = ("aggregates_hourly", "alerts", "latest", "readings_late")
     out = {name: app.topic(topic_name(name, kafka.topic_prefix), **raw) for name in out_ids}
-    sensor_table = app.Table("sensor-state", partitions=partitions, **raw)
-    partition_table = app.Table("partition-state", partitions=partitions, **raw)
+    # Values are our own JSON (pydantic), stored as bytes.
+    sensor_table = app.Table(
+        "sensor-state", partitions=partitions, key_type=bytes, value_type=bytes
+    )
+    partition_table = app.Table(
+        "partition-state", partitions=partitions, key_type=bytes, value_type=bytes
+    )
     policy = WindowPolicy(grace=timedelta(seconds=w.grace_s), timezone=w.timezone)
     views: list[Views] = []
 

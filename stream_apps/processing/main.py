@@ -14,6 +14,7 @@ def run(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT (Faust handles the signals and the shutdown)."""
     registry = CollectorRegistry()
     serve_metrics(registry, settings.worker.metrics_port)
+    (settings.stack.state_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, registry)
     worker = faust.Worker(app, loglevel=settings.log.level.lower(), quiet=True)
     worker.execute_from_commandline()

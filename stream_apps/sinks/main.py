@@ -11,11 +11,17 @@ from prometheus_client import CollectorRegistry
 
 from iotmon.settings import Settings
 from schemas.topics import TopicId, topic_name
+from stream_apps.sinks.aggregates import AggregatesWriter
+from stream_apps.sinks.alerts import AlertsWriter
+from stream_apps.sinks.latest import LatestWriter
 from stream_apps.sinks.readings import ReadingsWriter
 from stream_apps.sinks.runner import SinkMetrics, SinkRunner, SinkWriter
 
 WRITERS: dict[str, tuple[TopicId, type[Any]]] = {
     "readings": ("readings", ReadingsWriter),
+    "aggregates": ("aggregates_hourly", AggregatesWriter),
+    "latest": ("latest", LatestWriter),
+    "alerts": ("alerts", AlertsWriter),
 }
 
 

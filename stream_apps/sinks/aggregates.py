@@ -1,0 +1,120 @@
+"""Hourly aggregates into ``hourly_aggregates``: one row per sensor and local hour.
+
+The stream processor publishes provisional aggregates of an open hour as it fills and a final
+one when the hour closes.  A record ranks by ``(is_final, updated_at)`` and replaces the stored
+row only if it ranks at least as high: a final row is never overwritten by a provisional one,
+and a provisional row only by a final or by a provisional with a greater-or-equal
+``updated_at``.  Replaying any part of the topic therefore leaves every row as it was, and a
+record that arrives late (after a newer one) changes nothing.
+
+A batch is reduced to the highest-ranked record per key in Python, COPied into a temporary
+table and applied with one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; rows whose values
+would not change are not rewritten (so a replay reports 0 rows changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from schemas.aggregates import HourlyAggregate, MetricAggregate
+from schemas.common import METRICS
+
+_KEY = ("sensor_id", "hour_start")
+_METRIC_PARTS = ("count", "sum", "min", "max")
+_VALUES = (
+    "loc_id",
+    "ymd",
+    "hour",
+    *(f"{metric}_{part}" for metric in METRICS for part in _METRIC_PARTS),
+    "is_final",
+    "updated_at",
+)
+_COLUMNS = (*_KEY, *_VALUES)
+
+
+def _columns(names: Iterable[str], table: str | None = None) -> sql.Composed:
+    if table is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(table, n) for n in names)
+
+
+_UPSERT = sql.SQL(
+    "INSERT INTO hourly_aggregates ({columns}) SELECT {columns} FROM hourly_aggregates_in"
+    " ON CONFLICT (sensor_id, hour_start) DO UPDATE SET ({values}) = ({incoming})"
+    " WHERE (EXCLUDED.is_final, EXCLUDED.updated_at)"
+    " >= (hourly_aggregates.is_final, hourly_aggregates.updated_at)"
+    " AND ({incoming}) IS DISTINCT FROM ({stored})"
+).format(
+    columns=_columns(_COLUMNS),
+    values=_columns(_VALUES),
+    incoming=_columns(_VALUES, "excluded"),
+    stored=_columns(_VALUES, "hourly_aggregates"),
+)
+_COPY = sql.SQL("COPY hourly_aggregates_in ({columns}) FROM STDIN").format(
+    columns=_columns(_COLUMNS)
+)
+
+
+def rank(record: HourlyAggregate) -> tuple[bool, datetime]:
+    """What decides which of two records of one sensor and hour wins: final beats
+    provisional, then the later ``updated_at``."""
+    return (record.is_final, record.updated_at)
+
+
+def winners(records: Iterable[HourlyAggregate]) -> list[HourlyAggregate]:
+    """The highest-ranked record per (sensor, hour); on a tie the one that came later."""
+    best: dict[tuple[str, datetime], HourlyAggregate] = {}
+    for record in records:
+        key = (record.sensor_id, record.hour_start)
+        current = best.get(key)
+        if current is None or rank(record) >= rank(current):
+            best[key] = record
+    return list(best.values())
+
+
+def _metric(
+    agg: MetricAggregate | None,
+) -> tuple[int, Decimal | None, Decimal | None, Decimal | None]:
+    if agg is None:
+        return (0, None, None, None)
+    return (agg.count, agg.sum, agg.min, agg.max)
+
+
+def _row(record: HourlyAggregate) -> tuple[Any, ...]:
+    return (
+        record.sensor_id,
+        record.hour_start,
+        record.loc_id,
+        record.ymd,
+        record.hour,
+        *_metric(record.temperature),
+        *_metric(record.humidity),
+        *_metric(record.pcv_temperature),
+        record.is_final,
+        record.updated_at,
+    )
+
+
+class AggregatesWriter:
+    name = "aggregates"
+    model = HourlyAggregate
+
+    def write(self, conn: psycopg.Connection[Any], records: Sequence[HourlyAggregate]) -> int:
+        """Upsert the winning record of each key (caller owns the transaction); returns the
+        number of rows inserted or changed."""
+        with conn.cursor() as cur:
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS hourly_aggregates_in"
+                " (LIKE hourly_aggregates INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy(_COPY) as copy:
+                for record in winners(records):
+                    copy.write_row(_row(record))
+            cur.execute(_UPSERT)
+            return cur.rowcount
