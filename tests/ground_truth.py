@@ -10,6 +10,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
 from schemas.readings import Reading
+from schemas.thresholds import Threshold
+from stream_apps.processing.lifecycle import MetricAlertState, Subject, step
+from stream_apps.processing.rules import ThresholdIndex
 
 KST = ZoneInfo("Asia/Seoul")
 
@@ -75,3 +78,25 @@ def expected_hourly(readings: list[Reading]) -> dict[tuple[str, str, str], dict[
 def hours_ago(n: int) -> datetime:
     now = datetime.now(UTC)
     return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=n)
+
+
+def expected_alert_event_ids(readings: list[Reading], thresholds: list[Threshold]) -> set[str]:
+    """The ids of every alert event the lifecycle decides for these readings, applied per
+    sensor in delivery order (what any number of workers must produce, crash or not)."""
+    index = ThresholdIndex(thresholds)
+    states: dict[tuple[str, str], MetricAlertState] = {}
+    ids: set[str] = set()
+    for r in readings:
+        for metric in ("temperature", "humidity", "pcv_temperature"):
+            value = getattr(r, metric)
+            state = states.setdefault((r.sensor_id, metric), MetricAlertState())
+            events = step(
+                state,
+                Subject(r.sensor_id, r.loc_id, metric),
+                index.evaluate(metric, value, None),
+                value,
+                r.capture_dt,
+                r.capture_dt,
+            )
+            ids.update(str(e.event_id) for e in events)
+    return ids

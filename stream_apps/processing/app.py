@@ -5,17 +5,20 @@ it loads the states of the sensors involved from changelog-backed tables, applie
 stores what changed and sends the outputs.  Faust's windowed tables and ``on_window_close``
 are deliberately not used: they expire by wall clock, lose expiries across restarts and
 count replayed events twice.  Instead the hours live in plain table values, and a leader
-timer writes a clock tick into every partition, so closing happens in partition order.
+timer of each worker writes a clock tick into the partitions it owns, so closing happens in
+partition order.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
 from iotmon.settings import Settings
@@ -56,6 +59,11 @@ class WorkerMetrics:
             "iotmon_worker_alert_events_total",
             "Alert events emitted",
             ["transition"],
+            registry=registry,
+        )
+        self.gaps = Counter(
+            "iotmon_worker_state_gaps_total",
+            "Records found missing from the restored state",
             registry=registry,
         )
         self.replayed = Counter(
@@ -99,6 +107,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         producer_acks=-1,
+        # No standby replicas: promoting a standby to active was seen to skip changelog
+        # records (state rolled back while offsets were committed); without standbys a new
+        # owner restores the changelog from its start.
+        table_standby_replicas=0,
         table_key_serializer="raw",
         table_value_serializer="raw",
         datadir=str(settings.stack.state_dir / "worker" / f"{kafka.topic_prefix}{w.app_id}"),
@@ -114,6 +126,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     partition_table = app.Table(
         "partition-state", partitions=partitions, key_type=bytes, value_type=bytes
     )
+    readings_name = topic_name("readings", kafka.topic_prefix)
     policy = WindowPolicy(grace=timedelta(seconds=w.grace_s), timezone=w.timezone)
     views: list[Views] = []
 
@@ -152,58 +165,130 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 partition=partition,
             )
 
+    def load_partition(partition: int) -> PartitionState:
+        stored = partition_table.get(str(partition).encode())
+        return PartitionState.model_validate_json(stored) if stored else PartitionState()
+
+    def stale_from(partition: int, offset: int, batch: ReadingBatch) -> int | None:
+        """The first offset whose effect is missing from the restored state, if any.
+
+        Faust restores tables from their changelogs after a rebalance, and was seen to come
+        back with state older than the committed offsets (records acknowledged, their
+        updates gone).  The partition state records the last offset applied to it and to
+        each sensor, so such a loss shows as a gap, and the missing records are re-read from
+        Kafka and applied again (per-sensor offsets make that idempotent).
+        """
+        pstate = load_partition(partition)
+        candidates = []
+        if offset > pstate.last_offset + 1 and pstate.last_offset >= 0:
+            candidates.append(pstate.last_offset + 1)
+        sensors = pstate.sensors if batch.tick_at else {r.sensor_id for r in batch.readings}
+        for sid in sensors:
+            expected = pstate.sensor_offsets.get(sid, -1)
+            raw_state = sensor_table.get(sid.encode())
+            have = SensorState.model_validate_json(raw_state).last_offset if raw_state else -1
+            if have < expected:
+                candidates.append(have + 1)
+        return min(candidates) if candidates else None
+
+    async def apply_record(partition: int, offset: int, timestamp: float, value: bytes) -> None:
+        v = load_views()
+        v.refresh()
+        batch = ReadingBatch.model_validate_json(value)
+        pstate = load_partition(partition)
+        sensors = set(pstate.sensors) if batch.tick_at else {r.sensor_id for r in batch.readings}
+        states: dict[str, SensorState] = {}
+        for sid in sensors:
+            raw_state = sensor_table.get(sid.encode())
+            if raw_state:
+                states[sid] = SensorState.model_validate_json(raw_state)
+
+        def location(sid: str, v: Views = v) -> Any:
+            record = v.sensors.get(sid)
+            return record.location if record else None
+
+        ctx = Context(
+            policy=policy,
+            thresholds=v.index,
+            location=location,
+            silent_after=timedelta(seconds=w.silent_after_s),
+            idle_after=timedelta(seconds=w.idle_close_s),
+            outbox_keep=timedelta(seconds=w.outbox_keep_s),
+            now=datetime.now(UTC),
+        )
+        if batch.tick_at is not None:
+            metrics.records.labels("tick").inc()
+            outputs = apply_tick(pstate, states, batch.tick_at, offset, ctx)
+        else:
+            metrics.records.labels("readings").inc()
+            metrics.readings.inc(len(batch.readings))
+            record_time = datetime.fromtimestamp(timestamp, UTC)
+            outputs = apply_batch(pstate, states, batch.readings, offset, record_time, ctx)
+        for sid, state in states.items():
+            if state.last_offset == offset:
+                sensor_table[sid.encode()] = state.model_dump_json().encode()
+                pstate.sensor_offsets[sid] = offset
+            elif batch.tick_at is None:
+                metrics.replayed.inc()
+        pstate.last_offset = max(pstate.last_offset, offset)
+        partition_table[str(partition).encode()] = pstate.model_dump_json().encode()
+        await send(outputs, partition)
+
+    def read_range(partition: int, start: int, end: int) -> list[tuple[int, float, bytes]]:
+        """Records ``start`` .. ``end - 1`` of a readings partition, straight from Kafka."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": f"{app.conf.id}-repair",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            consumer.assign([TopicPartition(readings_name, partition, start)])
+            out: list[tuple[int, float, bytes]] = []
+            deadline = time.monotonic() + 60
+            while (not out or out[-1][0] < end - 1) and time.monotonic() < deadline:
+                for m in consumer.consume(500, 1.0):
+                    if m.error() is None and (m.offset() or 0) < end and m.value() is not None:
+                        out.append((m.offset() or 0, (m.timestamp()[1]) / 1000, m.value() or b""))
+            return out
+        finally:
+            consumer.close()
+
     @app.agent(readings, name="process-readings")
     async def process(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             msg = event.message
-            v = load_views()
-            v.refresh()
-            batch = ReadingBatch.model_validate_json(event.value)
-            pkey = str(msg.partition).encode()
-            stored = partition_table.get(pkey)
-            pstate = PartitionState.model_validate_json(stored) if stored else PartitionState()
-            sensors = (
-                set(pstate.sensors) if batch.tick_at else {r.sensor_id for r in batch.readings}
+            start = stale_from(
+                msg.partition, msg.offset, ReadingBatch.model_validate_json(event.value)
             )
-            states: dict[str, SensorState] = {}
-            for sid in sensors:
-                raw_state = sensor_table.get(sid.encode())
-                if raw_state:
-                    states[sid] = SensorState.model_validate_json(raw_state)
+            if start is not None and start < msg.offset:
+                missing = read_range(msg.partition, start, msg.offset)
+                metrics.gaps.inc()
+                log.warning(
+                    "partition %d: state restored older than offset %d; re-applying"
+                    " %d records from offset %d",
+                    msg.partition,
+                    msg.offset,
+                    len(missing),
+                    start,
+                )
+                for offset, timestamp, value in missing:
+                    await apply_record(msg.partition, offset, timestamp, value)
+            await apply_record(msg.partition, msg.offset, msg.timestamp, event.value)
+            # The state and the outputs reach Kafka before the next record.
+            await app.producer.flush()
 
-            def location(sid: str, v: Views = v) -> Any:
-                record = v.sensors.get(sid)
-                return record.location if record else None
-
-            ctx = Context(
-                policy=policy,
-                thresholds=v.index,
-                location=location,
-                silent_after=timedelta(seconds=w.silent_after_s),
-                idle_after=timedelta(seconds=w.idle_close_s),
-                outbox_keep=timedelta(seconds=w.outbox_keep_s),
-                now=datetime.now(UTC),
-            )
-            if batch.tick_at is not None:
-                metrics.records.labels("tick").inc()
-                outputs = apply_tick(pstate, states, batch.tick_at, msg.offset, ctx)
-            else:
-                metrics.records.labels("readings").inc()
-                metrics.readings.inc(len(batch.readings))
-                record_time = datetime.fromtimestamp(msg.timestamp, UTC)
-                outputs = apply_batch(pstate, states, batch.readings, msg.offset, record_time, ctx)
-            for sid, state in states.items():
-                if state.last_offset == msg.offset:
-                    sensor_table[sid.encode()] = state.model_dump_json().encode()
-                elif batch.tick_at is None:
-                    metrics.replayed.inc()
-            partition_table[pkey] = pstate.model_dump_json().encode()
-            await send(outputs, msg.partition)
-
-    @app.timer(w.tick_interval_s, on_leader=True)  # type: ignore[untyped-decorator]
+    # Every worker ticks the partitions it owns (not "the leader" ticks all: Faust's leader
+    # election could leave no worker ticking after a rebalance). Two workers that briefly
+    # both believe they own a partition tick it twice, which is harmless.
+    @app.timer(w.tick_interval_s)  # type: ignore[untyped-decorator]
     async def tick() -> None:
+        mine = sorted(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == readings_name
+        )
         value = ReadingBatch(tick_at=datetime.now(UTC)).model_dump_json().encode()
-        for partition in range(partitions):
+        for partition in mine:
             await readings.send(value=value, partition=partition)
 
     return app

@@ -62,6 +62,8 @@ class PartitionState(BaseModel):
     watermark: datetime | None = None  # newest capture time seen in the partition
     last_data_at: datetime | None = None  # record time of the newest data batch
     sensors: set[str] = Field(default_factory=set)
+    last_offset: int = -1  # newest record of the partition applied
+    sensor_offsets: dict[str, int] = Field(default_factory=dict)  # last record per sensor
 
 
 @dataclass
