@@ -40,6 +40,7 @@ test-unit: install
 
 DEMO_ARGS ?= --duration 60 --heat-wave
 demo: up
+	$(IOTMON) thresholds import infra/examples/thresholds.yaml --replace
 	$(IOTMON) demo $(DEMO_ARGS)
 	$(IOTMON) stack status
 

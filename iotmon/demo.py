@@ -1,7 +1,7 @@
 """`iotmon demo`: the whole pipeline on the local stack with simulated gateways.
 
-Starts the long-running processes (bridge, ingest) as children with their logs under the
-state directory, runs the gateway simulator in the foreground, then stops the children and
+Starts the long-running processes (bridge, ingest, worker, sink) as children with their logs
+under the state directory, runs the gateway simulator in the foreground, then stops the children and
 prints how many records each topic received.
 """
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SERVICES: dict[str, list[str]] = {
     "bridge": ["bridge"],
     "ingest": ["ingest"],
+    "worker": ["worker"],
     "sink": ["sink"],
 }
 
@@ -96,9 +97,10 @@ def run_demo(settings: Settings, simulate_args: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        time.sleep(2)  # let the last readings through the bridge and ingest
+        time.sleep(5)  # let the last readings through the pipeline
         stop_children(children)
         for name, count in topic_counts(
-            settings, ["readings_raw", "readings", "dead_letters", "sensors"]
+            settings, ["readings_raw", "readings", "dead_letters", "sensors",
+                       "aggregates_hourly", "alerts"]
         ).items():
             log.info("topic %-40s %8d records", name, count)
