@@ -100,7 +100,7 @@ def run_demo(settings: Settings, simulate_args: list[str]) -> int:
         time.sleep(5)  # let the last readings through the pipeline
         stop_children(children)
         for name, count in topic_counts(
-            settings, ["readings_raw", "readings", "dead_letters", "sensors",
-                       "aggregates_hourly", "alerts"]
+            settings,
+            ["readings_raw", "readings", "dead_letters", "sensors", "aggregates_hourly", "alerts"],
         ).items():
             log.info("topic %-40s %8d records", name, count)
