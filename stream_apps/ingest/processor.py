@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,7 +32,7 @@ from schemas.readings import (
 )
 from stream_apps.common.directory import SensorDirectory
 from stream_apps.common.partitioning import partition_for
-from stream_apps.ingest.validate import Accepted, Limits, Rejection, decode, validate_item
+from stream_apps.ingest.validate import Accepted, Limits, Rejection, validate_payload
 
 log = logging.getLogger(__name__)
 
@@ -176,30 +175,20 @@ class IngestProcessor:
             key_sensor = key.decode() if key else None
         except UnicodeDecodeError:
             key_sensor = None
-        raw = msg.value()
-        items = decode(raw, self.limits)
-        if isinstance(items, Rejection):
-            self._reject(msg, Rejection(items.reason, items.detail, sensor_id=key_sensor), raw)
-            return
-        batch = len(items) > 1
-        for index, item in enumerate(items):
-            result = validate_item(
-                item,
-                key_sensor_id=key_sensor,
-                lookup=self.directory.get,
-                limits=self.limits,
-                now=now,
-                source=source,
-                received_at=received_at,
-            )
+        results = validate_payload(
+            msg.value(),
+            key_sensor_id=key_sensor,
+            lookup=self.directory.get,
+            limits=self.limits,
+            now=now,
+            source=source,
+            received_at=received_at,
+        )
+        for result, payload in results:
             if isinstance(result, Rejection):
-                if batch:
-                    result = Rejection(result.reason, result.detail, index, result.sensor_id)
-                # A batch item is kept as its own JSON; the whole payload stays in the raw
-                # topic at the origin offset carried in the headers.
-                self._reject(msg, result, orjson.dumps(item) if batch else raw)
-                continue
-            self._accept(result, out)
+                self._reject(msg, result, payload)
+            else:
+                self._accept(result, out)
 
     def _accept(self, result: Accepted, out: dict[int, list[Reading]]) -> None:
         reading = result.reading

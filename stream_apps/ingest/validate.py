@@ -241,13 +241,17 @@ def validate_payload(
     now: datetime,
     source: Source,
     received_at: datetime,
-) -> list[Accepted | Rejection]:
-    """Every item of a raw record, validated; a batch's rejections carry their index."""
+) -> list[tuple[Accepted | Rejection, bytes | None]]:
+    """Every item of a raw record, validated, each with the bytes a dead letter keeps.
+
+    A rejected payload (or single item) keeps the original bytes; a rejected item of a batch
+    keeps its own JSON and carries its index (the whole payload stays in the raw topic).
+    """
     items = decode(raw, limits)
     if isinstance(items, Rejection):
-        return [Rejection(items.reason, items.detail, sensor_id=key_sensor_id)]
+        return [(Rejection(items.reason, items.detail, sensor_id=key_sensor_id), raw)]
     batch = len(items) > 1
-    results: list[Accepted | Rejection] = []
+    results: list[tuple[Accepted | Rejection, bytes | None]] = []
     for index, item in enumerate(items):
         result = validate_item(
             item,
@@ -260,5 +264,7 @@ def validate_payload(
         )
         if batch and isinstance(result, Rejection):
             result = Rejection(result.reason, result.detail, index, result.sensor_id)
-        results.append(result)
+            results.append((result, orjson.dumps(item)))
+        else:
+            results.append((result, raw))
     return results

@@ -23,15 +23,18 @@ KNOWN = {
 
 
 def run(raw: bytes | None, key: str | None = None, limits: Limits | None = None):
-    return validate_payload(
-        raw,
-        key_sensor_id=key,
-        lookup=KNOWN.get,
-        limits=limits or Limits(),
-        now=NOW,
-        source="mqtt",
-        received_at=NOW,
-    )
+    return [
+        r
+        for r, _ in validate_payload(
+            raw,
+            key_sensor_id=key,
+            lookup=KNOWN.get,
+            limits=limits or Limits(),
+            now=NOW,
+            source="mqtt",
+            received_at=NOW,
+        )
+    ]
 
 
 def one(raw: bytes | None, key: str | None = None, limits: Limits | None = None):
@@ -174,3 +177,29 @@ def test_more_than_two_decimals_are_rounded_half_up() -> None:
     result = one(orjson.dumps(good(temperature="22.125")))
     assert isinstance(result, Accepted)
     assert result.reading.temperature == Decimal("22.13")
+
+
+def test_dead_letters_keep_the_original_bytes_or_the_item() -> None:
+    raw = b'{"sensor_id": "TEMPIOT-A011", "temp'
+    [(rejected, kept)] = validate_payload(
+        raw,
+        key_sensor_id=None,
+        lookup=KNOWN.get,
+        limits=Limits(),
+        now=NOW,
+        source="kafka",
+        received_at=NOW,
+    )
+    assert isinstance(rejected, Rejection) and kept == raw
+    items = [good(), good(humidity="wet")]
+    results = validate_payload(
+        orjson.dumps(items),
+        key_sensor_id=None,
+        lookup=KNOWN.get,
+        limits=Limits(),
+        now=NOW,
+        source="kafka",
+        received_at=NOW,
+    )
+    assert isinstance(results[1][0], Rejection)
+    assert orjson.loads(results[1][1] or b"") == items[1]
