@@ -195,6 +195,19 @@ def ingest_cmd() -> None:
     run(settings, stop_on_signals(), registry)
 
 
+@app.command("api")
+def api_cmd() -> None:
+    """The HTTP API (FastAPI, served by uvicorn)."""
+    import uvicorn  # noqa: PLC0415
+
+    from api.app import create_app  # noqa: PLC0415
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings), host=settings.api.host, port=settings.api.port, log_config=None
+    )
+
+
 @app.command("worker")
 def worker_cmd() -> None:
     """Stream processing (Faust): hourly windows, threshold checks, alerts."""

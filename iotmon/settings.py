@@ -118,6 +118,19 @@ class BridgeSettings(BaseModel):
     metrics_port: int = 9102
 
 
+class ApiSettings(BaseModel):
+    """The HTTP API (`iotmon api`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Static bearer tokens and their roles (viewer < operator < admin), as JSON:
+    # {"<token>": "admin"}.  Every write needs a token; reads too unless open_reads.
+    tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
+    open_reads: bool = True
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(10, ge=1)
+
+
 class LogSettings(BaseModel):
     level: str = "INFO"
     json_format: bool = False
@@ -156,6 +169,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     database_url: str | None = Field(
         None, validation_alias=AliasChoices("DATABASE_URL", "IOTMON_DATABASE_URL")

@@ -1,0 +1,39 @@
+"""One JSON error body for every 4xx/5xx: {"error": {"status", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"status": status, "message": message, "details": details}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail)),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        names = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
+        return JSONResponse(error_body(422, f"invalid request: {names}", details), 422)
+
+
+__all__ = ["HTTPException", "error_body", "install"]
