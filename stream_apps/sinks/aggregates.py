@@ -20,10 +20,10 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.common import METRICS
+from stream_apps.sinks.upsert import GuardedUpsert
 
 _KEY = ("sensor_id", "hour_start")
 _METRIC_PARTS = ("count", "sum", "min", "max")
@@ -35,30 +35,11 @@ _VALUES = (
     "is_final",
     "updated_at",
 )
-_COLUMNS = (*_KEY, *_VALUES)
 
 
-def _columns(names: Iterable[str], table: str | None = None) -> sql.Composed:
-    if table is None:
-        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    return sql.SQL(", ").join(sql.Identifier(table, n) for n in names)
-
-
-_UPSERT = sql.SQL(
-    "INSERT INTO hourly_aggregates ({columns}) SELECT {columns} FROM hourly_aggregates_in"
-    " ON CONFLICT (sensor_id, hour_start) DO UPDATE SET ({values}) = ({incoming})"
-    " WHERE (EXCLUDED.is_final, EXCLUDED.updated_at)"
-    " >= (hourly_aggregates.is_final, hourly_aggregates.updated_at)"
-    " AND ({incoming}) IS DISTINCT FROM ({stored})"
-).format(
-    columns=_columns(_COLUMNS),
-    values=_columns(_VALUES),
-    incoming=_columns(_VALUES, "excluded"),
-    stored=_columns(_VALUES, "hourly_aggregates"),
-)
-_COPY = sql.SQL("COPY hourly_aggregates_in ({columns}) FROM STDIN").format(
-    columns=_columns(_COLUMNS)
-)
+_TABLE = GuardedUpsert("hourly_aggregates", _KEY, _VALUES, ("is_final", "updated_at"))
+_COPY = _TABLE.copy()
+_UPSERT = _TABLE.upsert()
 
 
 def rank(record: HourlyAggregate) -> tuple[bool, datetime]:
@@ -109,10 +90,7 @@ class AggregatesWriter:
         """Upsert the winning record of each key (caller owns the transaction); returns the
         number of rows inserted or changed."""
         with conn.cursor() as cur:
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS hourly_aggregates_in"
-                " (LIKE hourly_aggregates INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
+            cur.execute(_TABLE.create_staging())
             with cur.copy(_COPY) as copy:
                 for record in winners(records):
                     copy.write_row(_row(record))

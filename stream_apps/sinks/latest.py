@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from schemas.readings import SensorStatus
+from stream_apps.sinks.upsert import GuardedUpsert
 
 _VALUES = (
     "loc_id",
@@ -33,28 +33,11 @@ _VALUES = (
     "pcv_temperature_status",
     "updated_at",
 )
-_COLUMNS = ("sensor_id", *_VALUES)
 
 
-def _columns(names: Iterable[str], table: str | None = None) -> sql.Composed:
-    if table is None:
-        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    return sql.SQL(", ").join(sql.Identifier(table, n) for n in names)
-
-
-_UPSERT = sql.SQL(
-    "INSERT INTO latest_readings ({columns}) SELECT {columns} FROM latest_readings_in"
-    " ON CONFLICT (sensor_id) DO UPDATE SET ({values}) = ({incoming})"
-    " WHERE (EXCLUDED.capture_dt, EXCLUDED.updated_at)"
-    " >= (latest_readings.capture_dt, latest_readings.updated_at)"
-    " AND ({incoming}) IS DISTINCT FROM ({stored})"
-).format(
-    columns=_columns(_COLUMNS),
-    values=_columns(_VALUES),
-    incoming=_columns(_VALUES, "excluded"),
-    stored=_columns(_VALUES, "latest_readings"),
-)
-_COPY = sql.SQL("COPY latest_readings_in ({columns}) FROM STDIN").format(columns=_columns(_COLUMNS))
+_TABLE = GuardedUpsert("latest_readings", ("sensor_id",), _VALUES, ("capture_dt", "updated_at"))
+_COPY = _TABLE.copy()
+_UPSERT = _TABLE.upsert()
 
 
 def rank(status: SensorStatus) -> tuple[datetime, datetime]:
@@ -80,10 +63,7 @@ class LatestWriter:
         """Upsert the most recent record of each sensor (caller owns the transaction); returns
         the number of rows inserted or changed."""
         with conn.cursor() as cur:
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS latest_readings_in"
-                " (LIKE latest_readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
+            cur.execute(_TABLE.create_staging())
             with cur.copy(_COPY) as copy:
                 for s in most_recent(records):
                     copy.write_row(
