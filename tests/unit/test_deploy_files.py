@@ -15,9 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_is_valid_and_complete() -> None:
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = doc["services"]
-    assert {"kafka", "postgres", "mosquitto", "migrate", "topics", "bridge", "ingest"} <= set(
-        services
-    )
+    assert {
+        "kafka",
+        "postgres",
+        "mosquitto",
+        "migrate",
+        "topics",
+        "bridge",
+        "ingest",
+        "worker",
+        "sink",
+        "api",
+    } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["postgres"]["image"].startswith("timescale/timescaledb:")
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:")
@@ -42,3 +51,5 @@ def test_k8s_manifests_parse_and_are_all_listed() -> None:
     assert ("StatefulSet", "kafka") in kinds
     assert ("Deployment", "iotmon-bridge") in kinds
     assert ("Job", "iotmon-migrate") in kinds
+    for name in ("iotmon-ingest", "iotmon-worker", "iotmon-sink", "iotmon-api"):
+        assert ("Deployment", name) in kinds
