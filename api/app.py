@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from api import errors
-from api.routers import aggregation, health, location, thresholds
+from api.routers import aggregation, health, location, realtime, thresholds
 from iotmon.settings import Settings
 
 
@@ -50,4 +50,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(thresholds.router, prefix="/api/v1")
     app.include_router(location.router, prefix="/api/v1")
     app.include_router(aggregation.router, prefix="/api/v1")
+    app.include_router(realtime.router, prefix="/api/v1")
     return app

@@ -127,6 +127,7 @@ class ApiSettings(BaseModel):
     # {"<token>": "admin"}.  Every write needs a token; reads too unless open_reads.
     tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
     open_reads: bool = True
+    stale_after_s: float = Field(300.0, gt=0)  # a realtime measurement older than this is stale
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
 
