@@ -165,11 +165,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 partition=partition,
             )
 
-    def load_partition(partition: int) -> PartitionState:
+    def load(partition: int, batch: ReadingBatch) -> tuple[PartitionState, dict[str, SensorState]]:
+        """The partition state and the stored states of the sensors ``batch`` involves."""
         stored = partition_table.get(str(partition).encode())
-        return PartitionState.model_validate_json(stored) if stored else PartitionState()
+        pstate = PartitionState.model_validate_json(stored) if stored else PartitionState()
+        sensors = set(pstate.sensors) if batch.tick_at else {r.sensor_id for r in batch.readings}
+        states: dict[str, SensorState] = {}
+        for sid in sensors:
+            raw_state = sensor_table.get(sid.encode())
+            if raw_state:
+                states[sid] = SensorState.model_validate_json(raw_state)
+        return pstate, states
 
-    def stale_from(partition: int, offset: int, batch: ReadingBatch) -> int | None:
+    def stale_from(
+        pstate: PartitionState, states: dict[str, SensorState], batch: ReadingBatch, offset: int
+    ) -> int | None:
         """The first offset whose effect is missing from the restored state, if any.
 
         Faust restores tables from their changelogs after a rebalance, and was seen to come
@@ -178,30 +188,27 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         each sensor, so such a loss shows as a gap, and the missing records are re-read from
         Kafka and applied again (per-sensor offsets make that idempotent).
         """
-        pstate = load_partition(partition)
         candidates = []
         if offset > pstate.last_offset + 1 and pstate.last_offset >= 0:
             candidates.append(pstate.last_offset + 1)
-        sensors = pstate.sensors if batch.tick_at else {r.sensor_id for r in batch.readings}
-        for sid in sensors:
-            expected = pstate.sensor_offsets.get(sid, -1)
-            raw_state = sensor_table.get(sid.encode())
-            have = SensorState.model_validate_json(raw_state).last_offset if raw_state else -1
-            if have < expected:
+        involved = pstate.sensors if batch.tick_at else {r.sensor_id for r in batch.readings}
+        for sid in involved:
+            state = states.get(sid)
+            have = state.last_offset if state else -1
+            if have < pstate.sensor_offsets.get(sid, -1):
                 candidates.append(have + 1)
         return min(candidates) if candidates else None
 
-    async def apply_record(partition: int, offset: int, timestamp: float, value: bytes) -> None:
+    async def apply_loaded(
+        partition: int,
+        offset: int,
+        timestamp: float,
+        batch: ReadingBatch,
+        pstate: PartitionState,
+        states: dict[str, SensorState],
+    ) -> None:
         v = load_views()
         v.refresh()
-        batch = ReadingBatch.model_validate_json(value)
-        pstate = load_partition(partition)
-        sensors = set(pstate.sensors) if batch.tick_at else {r.sensor_id for r in batch.readings}
-        states: dict[str, SensorState] = {}
-        for sid in sensors:
-            raw_state = sensor_table.get(sid.encode())
-            if raw_state:
-                states[sid] = SensorState.model_validate_json(raw_state)
 
         def location(sid: str, v: Views = v) -> Any:
             record = v.sensors.get(sid)
@@ -259,9 +266,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def process(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             msg = event.message
-            start = stale_from(
-                msg.partition, msg.offset, ReadingBatch.model_validate_json(event.value)
-            )
+            batch = ReadingBatch.model_validate_json(event.value)
+            pstate, states = load(msg.partition, batch)
+            start = stale_from(pstate, states, batch, msg.offset)
             if start is not None and start < msg.offset:
                 missing = read_range(msg.partition, start, msg.offset)
                 metrics.gaps.inc()
@@ -274,8 +281,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                     start,
                 )
                 for offset, timestamp, value in missing:
-                    await apply_record(msg.partition, offset, timestamp, value)
-            await apply_record(msg.partition, msg.offset, msg.timestamp, event.value)
+                    old = ReadingBatch.model_validate_json(value)
+                    await apply_loaded(
+                        msg.partition, offset, timestamp, old, *load(msg.partition, old)
+                    )
+                pstate, states = load(msg.partition, batch)
+            await apply_loaded(msg.partition, msg.offset, msg.timestamp, batch, pstate, states)
             # The state and the outputs reach Kafka before the next record.
             await app.producer.flush()
 
