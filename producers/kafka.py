@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import Producer
+from pydantic import BaseModel
 
 from iotmon.settings import KafkaSettings
+from schemas.topics import TopicId, topic_name
 
 
 def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -29,3 +32,20 @@ def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
     return Producer(producer_config(settings, **overrides))
+
+
+def publish_keyed(
+    settings: KafkaSettings, topic: TopicId, records: Iterable[tuple[str, BaseModel]]
+) -> int:
+    """Produce (key, model) pairs to a registry topic as JSON and wait until Kafka confirmed
+    each; returns how many were published, RuntimeError if some were not confirmed."""
+    producer = make_producer(settings)
+    name = topic_name(topic, settings.topic_prefix)
+    count = 0
+    for key, record in records:
+        producer.produce(name, key=key.encode(), value=record.model_dump_json().encode())
+        count += 1
+    remaining = producer.flush(30)
+    if remaining:
+        raise RuntimeError(f"{remaining} records for {name} were not confirmed by Kafka")
+    return count

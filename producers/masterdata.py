@@ -21,9 +21,8 @@ from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from iotmon.settings import DatabaseSettings, KafkaSettings
-from producers.kafka import make_producer
+from producers.kafka import publish_keyed
 from schemas.master import Location, Sensor, SensorRecord, loc_id_by_convention
-from schemas.topics import topic_name
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +190,7 @@ def sensor_records(
 
 def publish(kafka: KafkaSettings, records: Iterable[SensorRecord]) -> int:
     """Produce the records to the compacted sensors topic and wait for the broker."""
-    producer = make_producer(kafka)
-    topic = topic_name("sensors", kafka.topic_prefix)
-    count = 0
-    for record in records:
-        producer.produce(
-            topic, key=record.sensor.sensor_id.encode(), value=record.model_dump_json().encode()
-        )
-        count += 1
-    remaining = producer.flush(30)
-    if remaining:
-        raise RuntimeError(f"{remaining} master-data records were not confirmed by Kafka")
-    return count
+    return publish_keyed(kafka, "sensors", ((r.sensor.sensor_id, r) for r in records))
 
 
 def import_master_data(

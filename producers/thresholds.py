@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from iotmon.settings import DatabaseSettings, KafkaSettings
-from producers.kafka import make_producer
+from producers.kafka import publish_keyed
 from schemas.thresholds import Threshold, ThresholdRecord
 from schemas.topics import topic_name
 
@@ -156,20 +156,7 @@ def deleted_record(threshold_id: int, upd_dt: datetime | None = None) -> Thresho
 def publish(kafka: KafkaSettings, records: Iterable[ThresholdRecord]) -> int:
     """Produce the records keyed by ``str(threshold_id)`` and wait for the broker; raises
     RuntimeError when some were not confirmed."""
-    producer = make_producer(kafka)
-    topic = topic_name("thresholds", kafka.topic_prefix)
-    count = 0
-    for record in records:
-        producer.produce(
-            topic,
-            key=str(record.threshold.threshold_id).encode(),
-            value=record.model_dump_json().encode(),
-        )
-        count += 1
-    remaining = producer.flush(30)
-    if remaining:
-        raise RuntimeError(f"{remaining} threshold records were not confirmed by Kafka")
-    return count
+    return publish_keyed(kafka, "thresholds", ((str(r.threshold.threshold_id), r) for r in records))
 
 
 def publish_thresholds(
