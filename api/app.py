@@ -13,7 +13,16 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from api import errors
-from api.routers import aggregation, health, location, realtime, thresholds
+from api.routers import (
+    aggregation,
+    alerts,
+    health,
+    location,
+    realtime,
+    stream,
+    subscriptions,
+    thresholds,
+)
 from iotmon.settings import Settings
 
 
@@ -51,4 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(location.router, prefix="/api/v1")
     app.include_router(aggregation.router, prefix="/api/v1")
     app.include_router(realtime.router, prefix="/api/v1")
+    app.include_router(alerts.router, prefix="/api/v1")
+    app.include_router(subscriptions.router, prefix="/api/v1")
+    app.include_router(stream.router, prefix="/api/v1")
     return app

@@ -1,10 +1,17 @@
-"""Typed dependencies, declared once: the database connection, the caller's role, settings."""
+"""Typed dependencies, declared once: the database connection, the caller, settings.
+
+A caller proves who they are with ``Authorization: Bearer <token>``: a static token from
+settings (``api.tokens``) or a JWT signed with HS256 by ``api.jwt_secret``.  Roles rank
+viewer < operator < admin.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import jwt
 import psycopg
 from fastapi import Depends, HTTPException, Request
 from psycopg_pool import AsyncConnectionPool
@@ -12,7 +19,21 @@ from psycopg_pool import AsyncConnectionPool
 from iotmon.settings import Settings
 
 Role = Literal["viewer", "operator", "admin"]
-_RANK = {"viewer": 0, "operator": 1, "admin": 2}
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+_RANK = {role: n for n, role in enumerate(ROLES)}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: ``name`` is the JWT subject, or ``token:<role>`` for a static token,
+    or ``anonymous`` for an open read."""
+
+    name: str
+    role: Role | None
+
+
+ANONYMOUS = Caller("anonymous", None)
 
 
 def get_settings(request: Request) -> Settings:
@@ -26,32 +47,86 @@ async def get_conn(request: Request) -> AsyncIterator[psycopg.AsyncConnection[An
         yield conn
 
 
-def caller_role(request: Request) -> Role | None:
+def _role_of(claims: dict[str, Any]) -> Role | None:
+    named: list[Any] = []
+    if isinstance(claims.get("role"), str):
+        named.append(claims["role"])
+    if isinstance(claims.get("roles"), list):
+        named.extend(claims["roles"])
+    roles: list[Role] = [r for r in ROLES if r in named]
+    return roles[-1] if roles else None
+
+
+def decode_jwt(settings: Settings, token: str) -> Caller:
+    """The caller a JWT names; 401 when it is not valid for this deployment."""
+    api = settings.api
+    if api.jwt_secret is None:
+        raise HTTPException(401, "unknown token", _CHALLENGE)
+    try:
+        claims = jwt.decode(
+            token,
+            api.jwt_secret.get_secret_value(),
+            algorithms=["HS256"],
+            issuer=api.jwt_issuer,
+            audience=api.jwt_audience,
+            options={"require": ["exp"], "verify_aud": api.jwt_audience is not None},
+        )
+    except jwt.ExpiredSignatureError:
+        raise HTTPException(401, "the token has expired", _CHALLENGE) from None
+    except jwt.InvalidTokenError as exc:
+        raise HTTPException(401, f"invalid token: {exc}", _CHALLENGE) from None
+    role = _role_of(claims)
+    if role is None:
+        raise HTTPException(403, "the token carries no role (viewer, operator or admin)")
+    return Caller(str(claims.get("sub") or f"jwt:{role}"), role)
+
+
+def issue_jwt(settings: Settings, subject: str, role: Role, ttl_s: int) -> str:
+    """A token for ``subject`` with ``role``, valid for ``ttl_s`` seconds (``iotmon token``)."""
+    import time  # noqa: PLC0415
+
+    if settings.api.jwt_secret is None:
+        raise ValueError("set IOTMON_API__JWT_SECRET to issue tokens")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": subject, "role": role, "iat": now, "exp": now + ttl_s}
+    if settings.api.jwt_issuer:
+        claims["iss"] = settings.api.jwt_issuer
+    if settings.api.jwt_audience:
+        claims["aud"] = settings.api.jwt_audience
+    token: str = jwt.encode(claims, settings.api.jwt_secret.get_secret_value(), algorithm="HS256")
+    return token
+
+
+def authenticate(request: Request) -> Caller:
+    """The caller of this request (ANONYMOUS without a bearer token); 401 for a bad one."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        return None
+        return ANONYMOUS
     settings: Settings = request.app.state.settings
-    role = settings.api.tokens.get(token.strip())
-    if role is None:
-        raise HTTPException(401, "unknown or expired token", {"WWW-Authenticate": "Bearer"})
-    return role
+    role = settings.api.tokens.get(token)
+    if role is not None:
+        return Caller(f"token:{role}", role)
+    if token.count(".") == 2:
+        return decode_jwt(settings, token)
+    raise HTTPException(401, "unknown token", _CHALLENGE)
 
 
 def require(minimum: Role, *, reads: bool = False) -> Any:
     """A dependency that admits callers with at least ``minimum``; with ``reads=True`` it
     admits everyone when the deployment leaves reads open."""
 
-    def check(request: Request) -> Role | None:
+    def check(request: Request) -> Caller:
         settings: Settings = request.app.state.settings
+        caller = authenticate(request)
         if reads and settings.api.open_reads:
-            return None
-        role = caller_role(request)
-        if role is None:
-            raise HTTPException(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-        if _RANK[role] < _RANK[minimum]:
-            raise HTTPException(403, f"this needs the {minimum} role; the token has {role}")
-        return role
+            return caller
+        if caller.role is None:
+            raise HTTPException(401, "a bearer token is required", _CHALLENGE)
+        if _RANK[caller.role] < _RANK[minimum]:
+            raise HTTPException(403, f"this needs the {minimum} role; the token has {caller.role}")
+        return caller
 
     return Depends(check)
 
@@ -61,3 +136,4 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 CanRead = require("viewer", reads=True)
 CanOperate = require("operator")
 CanAdmin = require("admin")
+Operator = Annotated[Caller, CanOperate]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -34,6 +35,27 @@ def install(app: FastAPI) -> None:
         ]
         names = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
         return JSONResponse(error_body(422, f"invalid request: {names}", details), 422)
+
+    @app.exception_handler(psycopg.DataError)
+    async def bad_value(_: Request, exc: psycopg.DataError) -> JSONResponse:
+        # A value the database cannot take (a NUL byte in text, a number out of its
+        # column's range) is the caller's input, not our failure.
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return JSONResponse(error_body(422, f"invalid value: {message}"), 422)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            error_body(503, "the database is unavailable; retry later"),
+            503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(500, "internal error; see the server log"), 500)
 
 
 __all__ = ["HTTPException", "error_body", "install"]

@@ -208,6 +208,23 @@ def api_cmd() -> None:
     )
 
 
+@app.command("token")
+def token_cmd(
+    subject: Annotated[str, typer.Argument(help="who the token names (used for ack/resolve)")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "operator",
+    ttl: Annotated[int, typer.Option(help="validity in seconds", min=1)] = 86400,
+) -> None:
+    """Print a JWT (HS256, signed with IOTMON_API__JWT_SECRET) for the API."""
+    from api.deps import ROLES, issue_jwt  # noqa: PLC0415
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
+    try:
+        typer.echo(issue_jwt(_settings(), subject, role, ttl))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @app.command("worker")
 def worker_cmd() -> None:
     """Stream processing (Faust): hourly windows, threshold checks, alerts."""

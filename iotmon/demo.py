@@ -8,6 +8,7 @@ prints how many records each topic received.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,12 @@ SERVICES: dict[str, list[str]] = {
     "ingest": ["ingest"],
     "worker": ["worker"],
     "sink": ["sink"],
+    "api": ["api"],
 }
+
+# The demo's API accepts this bearer token (admin) unless IOTMON_API__TOKENS is set.  It is
+# for trying the API on one machine, never for a deployment.
+DEMO_TOKEN = "demo-admin-token"
 
 
 @dataclass
@@ -44,10 +50,15 @@ def start_children(settings: Settings) -> list[Child]:
     logs = settings.stack.state_dir / "demo"
     logs.mkdir(parents=True, exist_ok=True)
     children = []
+    env = dict(os.environ)
+    if not settings.api.tokens:
+        env["IOTMON_API__TOKENS"] = f'{{"{DEMO_TOKEN}": "admin"}}'
+        log.info("API write token for this demo: Authorization: Bearer %s", DEMO_TOKEN)
+    log.info("API on http://%s:%d (docs at /docs)", settings.api.host, settings.api.port)
     for name, args in SERVICES.items():
         log_file = logs / f"{name}.log"
         with log_file.open("ab") as out:
-            proc = subprocess.Popen(_iotmon(*args), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(_iotmon(*args), stdout=out, stderr=subprocess.STDOUT, env=env)
         children.append(Child(name, proc, log_file))
         log.info("started %s (pid %d), log in %s", name, proc.pid, log_file)
     return children

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -127,6 +127,13 @@ class ApiSettings(BaseModel):
     # {"<token>": "admin"}.  Every write needs a token; reads too unless open_reads.
     tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
     open_reads: bool = True
+    # JWT bearer tokens (HS256) are accepted when a secret is set; the role is the `role`
+    # claim (or the highest of `roles`), the caller's name the `sub` claim.
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    stream_max_clients: int = Field(100, ge=1)  # concurrent SSE connections
+    stream_ping_s: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
     stale_after_s: float = Field(300.0, gt=0)  # a realtime measurement older than this is stale
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)

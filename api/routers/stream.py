@@ -1,0 +1,313 @@
+"""Live views as Server-Sent Events, read straight from Kafka (`/api/v1/stream/...`).
+
+* ``/stream/realtime``: every new latest status of a sensor (the compacted latest topic), in
+  the shape of one ``/realtime`` measurement.
+* ``/stream/alerts``: every alert event (raised, escalated, de-escalated, resolved).
+
+Each connection reads the topic with its own consumer (no consumer group, nothing committed).
+Every event's ``id`` is the connection's position in the topic: ``<partition>:<next
+offset>`` for every partition.  A client that reconnects with that id in ``Last-Event-ID``
+(or ``?last_event_id=``, for clients that cannot set headers) resumes exactly after it and
+misses nothing the topic still retains; offsets older than the retention start at the oldest
+record kept.  The first event, ``ready``, carries the starting position, so that a client
+has a resume point before anything happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import AppSettings, CanRead
+from api.routers.realtime import decimal_text
+from iotmon.settings import Settings
+from schemas.alerts import AlertEvent
+from schemas.common import Metric
+from schemas.master import LOC_ID_PATTERN, SENSOR_ID_PATTERN
+from schemas.readings import SensorStatus
+from schemas.topics import TopicId, topic_name
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/stream", tags=["live"])
+
+_POSITION = re.compile(r"^\d{1,5}:\d{1,19}(,\d{1,5}:\d{1,19}){0,999}$")
+
+
+def parse_position(raw: str | None) -> dict[int, int] | None:
+    """``"0:12,1:40"`` -> ``{0: 12, 1: 40}``; None for no id; 422 for a malformed one."""
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    if not _POSITION.match(raw):
+        raise HTTPException(
+            422, "Last-Event-ID: expected the id of an event of this stream (p:offset,...)"
+        )
+    return {int(p): int(o) for p, o in (part.split(":") for part in raw.split(","))}
+
+
+def format_position(position: dict[int, int]) -> str:
+    return ",".join(f"{p}:{o}" for p, o in sorted(position.items()))
+
+
+class LocationCache:
+    """loc_id -> (factory, building, floor, area) from the database, reloaded when a
+    location is missing, at most every ``min_interval_s``."""
+
+    def __init__(self, pool: AsyncConnectionPool, min_interval_s: float = 5.0) -> None:
+        self._pool = pool
+        self._min_interval_s = min_interval_s
+        self._places: dict[str, dict[str, Any]] = {}
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self, loc_id: str) -> dict[str, Any] | None:
+        place = self._places.get(loc_id)
+        if place is None and time.monotonic() - self._loaded_at >= self._min_interval_s:
+            async with self._lock:
+                if time.monotonic() - self._loaded_at >= self._min_interval_s:
+                    await self._reload()
+            place = self._places.get(loc_id)
+        return place
+
+    async def _reload(self) -> None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT loc_id, factory, building, floor, area FROM locations")
+            self._places = {r["loc_id"]: r for r in await cur.fetchall()}
+        self._loaded_at = time.monotonic()
+
+
+def _cache(request: Request) -> LocationCache:
+    cache: LocationCache | None = getattr(request.app.state, "locations", None)
+    if cache is None:
+        cache = LocationCache(request.app.state.pool)
+        request.app.state.locations = cache
+    return cache
+
+
+Event = tuple[str, dict[str, Any]]  # (event type, data)
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _tail(
+    settings: Settings,
+    topic: TopicId,
+    start: dict[int, int] | None,
+    render: Callable[[bytes], Any],
+) -> AsyncIterator[ServerSentEvent]:
+    """The topic's records from ``start`` (or its end) as SSE events, forever."""
+    name = topic_name(topic, settings.kafka.topic_prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-api-stream",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(name)
+        if partitions is None:
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if start is None:
+            await consumer.seek_to_end(*tps)
+        else:
+            for tp in tps:
+                if tp.partition in start:
+                    consumer.seek(tp, start[tp.partition])
+                else:  # a partition the client never saw: from its oldest record
+                    await consumer.seek_to_beginning(tp)
+        position = {tp.partition: await consumer.position(tp) for tp in tps}
+        yield ServerSentEvent(
+            data=orjson.dumps({"topic": name}).decode(),
+            event="ready",
+            id=format_position(position),
+        )
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for tp, records in batches.items():
+                for record in records:
+                    position[tp.partition] = record.offset + 1
+                    if record.value is None:
+                        continue
+                    rendered = await render(record.value)
+                    if rendered is None:
+                        continue
+                    event, data = rendered
+                    yield ServerSentEvent(
+                        data=orjson.dumps(data).decode(),
+                        event=event,
+                        id=format_position(position),
+                    )
+    finally:
+        await consumer.stop()
+
+
+def _decode(model: type[M], raw: bytes) -> M | None:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        log.warning("stream: skipping a record that is not a %s", model.__name__)
+        return None
+
+
+class _Clients:
+    """Counts open streams so that one deployment's limit holds (503 beyond it)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+def _admit(request: Request, settings: Settings) -> _Clients:
+    clients: _Clients | None = getattr(request.app.state, "stream_clients", None)
+    if clients is None:
+        clients = request.app.state.stream_clients = _Clients()
+    if clients.open >= settings.api.stream_max_clients:
+        raise HTTPException(
+            503,
+            f"{clients.open} live streams are open (the limit); retry later",
+            {"Retry-After": "10"},
+        )
+    return clients
+
+
+def _respond(
+    request: Request,
+    settings: Settings,
+    topic: TopicId,
+    last_event_id: str | None,
+    render: Callable[[bytes], Any],
+) -> EventSourceResponse:
+    start = parse_position(last_event_id)
+    clients = _admit(request, settings)
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        clients.open += 1
+        try:
+            async for event in _tail(settings, topic, start, render):
+                yield event
+        finally:
+            clients.open -= 1
+
+    return EventSourceResponse(
+        events(), ping=settings.api.stream_ping_s, headers={"Cache-Control": "no-store"}
+    )
+
+
+Text = Annotated[str | None, Query(max_length=100)]
+LastEventId = Annotated[str | None, Header(max_length=20000)]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(alias="last_event_id", max_length=20000, description="as the Last-Event-ID header"),
+]
+
+
+@router.get(
+    "/realtime",
+    dependencies=[CanRead],
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def realtime(
+    request: Request,
+    settings: AppSettings,
+    factory: Text = None,
+    building: Text = None,
+    floor: Annotated[int | None, Query(ge=-100, le=500)] = None,
+    loc_id: Annotated[str | None, Query(pattern=LOC_ID_PATTERN)] = None,
+    sensor_id: Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN)] = None,
+    last_event_id: LastEventId = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventSourceResponse:
+    """Event ``reading`` for every new latest status, filtered as ``/realtime/location``."""
+    cache = _cache(request)
+    stale_after = settings.api.stale_after_s
+
+    async def render(raw: bytes) -> Event | None:
+        status = _decode(SensorStatus, raw)
+        if status is None:
+            return None
+        if (sensor_id and status.sensor_id != sensor_id) or (loc_id and status.loc_id != loc_id):
+            return None
+        place = await cache.get(status.loc_id)
+        if factory is not None or building is not None or floor is not None:
+            if place is None:
+                return None
+            for key, wanted in (("factory", factory), ("building", building), ("floor", floor)):
+                if wanted is not None and place[key] != wanted:
+                    return None
+        age = max(0.0, (datetime.now(UTC) - status.capture_dt).total_seconds())
+        return "reading", {
+            "sensor_id": status.sensor_id,
+            "location": place or {"loc_id": status.loc_id},
+            "metrics": {
+                m: {
+                    "value": decimal_text(getattr(status, m)),
+                    "status": getattr(status, f"{m}_status"),
+                }
+                for m in ("temperature", "humidity", "pcv_temperature")
+            },
+            "capture_dt": status.capture_dt.isoformat(),
+            "age_seconds": round(age, 3),
+            "stale": age > stale_after,
+        }
+
+    return _respond(request, settings, "latest", last_event_id or last_event_id_query, render)
+
+
+@router.get(
+    "/alerts",
+    dependencies=[CanRead],
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def alerts(
+    request: Request,
+    settings: AppSettings,
+    sensor_id: Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN)] = None,
+    loc_id: Annotated[str | None, Query(pattern=LOC_ID_PATTERN)] = None,
+    factory: Text = None,
+    alert_type: Metric | None = None,
+    level: Annotated[str | None, Query(pattern="^(warning|critical)$")] = None,
+    kind: Annotated[str | None, Query(pattern="^(threshold|sensor_silent)$")] = None,
+    last_event_id: LastEventId = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> EventSourceResponse:
+    """Event ``alert`` for every alert event, filtered as ``/alerts/``."""
+    cache = _cache(request)
+
+    async def render(raw: bytes) -> Event | None:
+        event = _decode(AlertEvent, raw)
+        if event is None:
+            return None
+        for wanted, actual in (
+            (sensor_id, event.sensor_id),
+            (loc_id, event.loc_id),
+            (alert_type, event.metric),
+            (level, event.level.value),
+            (kind, event.kind.value),
+        ):
+            if wanted is not None and actual != wanted:
+                return None
+        place = await cache.get(event.loc_id)
+        if factory is not None and (place is None or place["factory"] != factory):
+            return None
+        return "alert", {**event.model_dump(mode="json"), "factory": place and place["factory"]}
+
+    return _respond(request, settings, "alerts", last_event_id or last_event_id_query, render)

@@ -1,0 +1,283 @@
+"""Alert subscriptions (`/api/v1/subscriptions`) and the notification log
+(`/api/v1/notifications`), with the original system's fields.
+
+A subscription's scope fields (plant, factory, building, floor, area, sensor_id) and its
+``threshold_type`` are NULL for "any" (the original never matched a NULL threshold type;
+here it matches every metric).  ``min_level`` is on the one status scale warning < critical.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from psycopg import sql
+from psycopg.rows import dict_row
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from api.deps import CanOperate, CanRead, Conn
+from schemas.common import Metric
+from schemas.master import SENSOR_ID_PATTERN
+
+router = APIRouter(tags=["subscriptions"])
+
+NotifyType = Literal["email", "kakao", "sms", "app", "webhook"]
+MinLevel = Literal["warning", "critical"]
+NotificationStatus = Literal["PENDING", "SENT", "FAILED", "RETRYING"]
+Name = Annotated[str | None, Field(None, min_length=1, max_length=100)]
+
+_FIELDS = (
+    "plant",
+    "factory",
+    "building",
+    "floor",
+    "area",
+    "sensor_id",
+    "threshold_type",
+    "min_level",
+    "subscriber",
+    "notify_type",
+    "notify_id",
+    "enabled",
+)
+_COLUMNS = sql.SQL(", ").join(
+    sql.Identifier(c) for c in ("subscription_id", *_FIELDS, "created_at", "updated_at")
+)
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plant: Name = None
+    factory: Name = None
+    building: Name = None
+    floor: int | None = Field(None, ge=-100, le=500)
+    area: Name = None
+    sensor_id: str | None = Field(None, pattern=SENSOR_ID_PATTERN)
+    threshold_type: Metric | None = None
+    min_level: MinLevel = "warning"
+    subscriber: str = Field(min_length=1, max_length=100)
+    notify_type: NotifyType
+    notify_id: str = Field(min_length=1, max_length=500)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _target_fits_channel(self) -> SubscriptionIn:
+        if self.notify_type == "webhook" and not self.notify_id.startswith(("http://", "https://")):
+            raise ValueError("a webhook's notify_id must be an http:// or https:// URL")
+        if self.notify_type == "email" and "@" not in self.notify_id:
+            raise ValueError("an email's notify_id must be an address")
+        return self
+
+
+class SubscriptionPatch(BaseModel):
+    """Any subset of the fields; the merged subscription is validated as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plant: Name = None
+    factory: Name = None
+    building: Name = None
+    floor: int | None = Field(None, ge=-100, le=500)
+    area: Name = None
+    sensor_id: str | None = Field(None, pattern=SENSOR_ID_PATTERN)
+    threshold_type: Metric | None = None
+    min_level: MinLevel | None = None
+    subscriber: str | None = Field(None, min_length=1, max_length=100)
+    notify_type: NotifyType | None = None
+    notify_id: str | None = Field(None, min_length=1, max_length=500)
+    enabled: bool | None = None
+
+
+class Subscription(SubscriptionIn):
+    model_config = ConfigDict(extra="ignore")
+
+    subscription_id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Notification(BaseModel):
+    notification_id: int
+    alert_id: UUID
+    event_id: UUID
+    subscription_id: int
+    notify_type: str
+    notify_id: str
+    status: str
+    try_count: int
+    created_at: datetime
+    sent_time: datetime | None
+    fail_reason: str | None
+
+
+SubscriptionId = Annotated[int, Path(ge=1, le=2**62)]
+Skip = Annotated[int, Query(ge=0, le=1_000_000)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+async def _get(conn: Conn, subscription_id: int) -> Subscription:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            sql.SQL("SELECT {} FROM alert_subscriptions WHERE subscription_id = %s").format(
+                _COLUMNS
+            ),
+            (subscription_id,),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise HTTPException(404, f"subscription {subscription_id} does not exist")
+    return Subscription.model_validate(row)
+
+
+async def _write(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> Subscription:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params)
+        row = await cur.fetchone()
+    await conn.commit()
+    if row is None:
+        raise HTTPException(404, f"subscription {params.get('subscription_id')} does not exist")
+    return Subscription.model_validate(row)
+
+
+@router.get("/subscriptions/", dependencies=[CanRead])
+async def list_subscriptions(
+    conn: Conn,
+    skip: Skip = 0,
+    limit: Limit = 100,
+    subscriber: Annotated[str | None, Query(max_length=100)] = None,
+    notify_type: NotifyType | None = None,
+    factory: Annotated[str | None, Query(max_length=100)] = None,
+    enabled: bool | None = None,
+) -> list[Subscription]:
+    conditions: list[sql.Composable] = [sql.SQL("true")]
+    params: list[Any] = []
+    for column, value in (
+        ("subscriber", subscriber),
+        ("notify_type", notify_type),
+        ("factory", factory),
+        ("enabled", enabled),
+    ):
+        if value is not None:
+            conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            sql.SQL(
+                "SELECT {} FROM alert_subscriptions WHERE {} ORDER BY subscription_id"
+                " OFFSET %s LIMIT %s"
+            ).format(_COLUMNS, sql.SQL(" AND ").join(conditions)),
+            [*params, skip, limit],
+        )
+        return [Subscription.model_validate(r) for r in await cur.fetchall()]
+
+
+@router.get("/subscriptions/{subscription_id}", dependencies=[CanRead])
+async def get_subscription(conn: Conn, subscription_id: SubscriptionId) -> Subscription:
+    return await _get(conn, subscription_id)
+
+
+@router.post("/subscriptions/", status_code=201, dependencies=[CanOperate])
+async def create_subscription(conn: Conn, body: SubscriptionIn) -> Subscription:
+    return await _write(
+        conn,
+        sql.SQL("INSERT INTO alert_subscriptions ({}) VALUES ({}) RETURNING {}").format(
+            sql.SQL(", ").join(sql.Identifier(f) for f in _FIELDS),
+            sql.SQL(", ").join(sql.Placeholder(f) for f in _FIELDS),
+            _COLUMNS,
+        ),
+        body.model_dump(),
+    )
+
+
+_UPDATE = sql.SQL(
+    "UPDATE alert_subscriptions SET ({}) = ({}), updated_at = now()"
+    " WHERE subscription_id = %(subscription_id)s RETURNING {}"
+).format(
+    sql.SQL(", ").join(sql.Identifier(f) for f in _FIELDS),
+    sql.SQL(", ").join(sql.Placeholder(f) for f in _FIELDS),
+    _COLUMNS,
+)
+
+
+@router.put("/subscriptions/{subscription_id}", dependencies=[CanOperate])
+async def update_subscription(
+    conn: Conn, subscription_id: SubscriptionId, body: SubscriptionPatch
+) -> Subscription:
+    current = await _get(conn, subscription_id)
+    merged_fields = {
+        **current.model_dump(include=set(_FIELDS)),
+        **body.model_dump(exclude_unset=True),
+    }
+    try:
+        merged = SubscriptionIn.model_validate(merged_fields)
+    except ValidationError as exc:
+        raise HTTPException(422, "; ".join(e["msg"] for e in exc.errors())) from None
+    return await _write(conn, _UPDATE, {**merged.model_dump(), "subscription_id": subscription_id})
+
+
+async def _set_enabled(conn: Conn, subscription_id: int, enabled: bool) -> Subscription:
+    return await _write(
+        conn,
+        sql.SQL(
+            "UPDATE alert_subscriptions SET enabled = %(enabled)s, updated_at = now()"
+            " WHERE subscription_id = %(subscription_id)s RETURNING {}"
+        ).format(_COLUMNS),
+        {"enabled": enabled, "subscription_id": subscription_id},
+    )
+
+
+@router.post("/subscriptions/{subscription_id}/enable", dependencies=[CanOperate])
+async def enable(conn: Conn, subscription_id: SubscriptionId) -> Subscription:
+    return await _set_enabled(conn, subscription_id, True)
+
+
+@router.post("/subscriptions/{subscription_id}/disable", dependencies=[CanOperate])
+async def disable(conn: Conn, subscription_id: SubscriptionId) -> Subscription:
+    return await _set_enabled(conn, subscription_id, False)
+
+
+@router.delete("/subscriptions/{subscription_id}", dependencies=[CanOperate])
+async def delete_subscription(conn: Conn, subscription_id: SubscriptionId) -> Subscription:
+    """Delete the subscription (and its notification log); returns what was deleted."""
+    current = await _get(conn, subscription_id)
+    await conn.execute(
+        "DELETE FROM alert_subscriptions WHERE subscription_id = %s", (subscription_id,)
+    )
+    await conn.commit()
+    return current
+
+
+@router.get("/notifications/", dependencies=[CanRead])
+async def notifications(
+    conn: Conn,
+    skip: Skip = 0,
+    limit: Limit = 100,
+    alert_id: UUID | None = None,
+    subscription_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    status: NotificationStatus | None = None,
+) -> list[Notification]:
+    """The notification log, newest first."""
+    conditions: list[sql.Composable] = [sql.SQL("true")]
+    params: list[Any] = []
+    for column, value in (
+        ("alert_id", alert_id),
+        ("subscription_id", subscription_id),
+        ("status", status),
+    ):
+        if value is not None:
+            conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            sql.SQL(
+                "SELECT notification_id, alert_id, event_id, subscription_id, notify_type,"
+                " notify_id, status, try_count, created_at, sent_time, fail_reason"
+                " FROM notifications WHERE {} ORDER BY created_at DESC, notification_id DESC"
+                " OFFSET %s LIMIT %s"
+            ).format(sql.SQL(" AND ").join(conditions)),
+            [*params, skip, limit],
+        )
+        return [Notification.model_validate(r) for r in await cur.fetchall()]
