@@ -56,11 +56,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = CollectorRegistry()
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(thresholds.router, prefix="/api/v1")
-    app.include_router(location.router, prefix="/api/v1")
-    app.include_router(aggregation.router, prefix="/api/v1")
-    app.include_router(realtime.router, prefix="/api/v1")
-    app.include_router(alerts.router, prefix="/api/v1")
-    app.include_router(subscriptions.router, prefix="/api/v1")
-    app.include_router(stream.router, prefix="/api/v1")
+    found = errors.responses(404)
+    for router, extra in (
+        (thresholds.router, found),
+        (location.router, {**found, **errors.responses(409, 413)}),
+        (aggregation.router, {}),
+        (realtime.router, {}),
+        (alerts.router, {**found, **errors.responses(409)}),
+        (subscriptions.router, found),
+        (stream.router, {}),
+    ):
+        app.include_router(router, prefix="/api/v1", responses={**errors.COMMON, **extra})
     return app

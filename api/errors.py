@@ -9,9 +9,44 @@ import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "the request body cannot be parsed",
+    401: "no bearer token, or one that is not valid",
+    403: "the token's role is too low",
+    404: "no such resource",
+    409: "the change conflicts with the resource's state",
+    413: "the upload is too large",
+    422: "a parameter or the body is invalid; the message names it",
+    503: "the database or Kafka is unavailable; retry later",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for these error statuses, all with the one error body."""
+    return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+# Every route may answer these: bad body, missing/bad token, too low a role, invalid input,
+# a dependency down.
+COMMON = responses(400, 401, 403, 422, 503)
 
 
 def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:

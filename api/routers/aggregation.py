@@ -70,8 +70,9 @@ class AggregationResponse(BaseModel):
     locations: list[Series]
 
 
-StartDate = Annotated[str, Query(max_length=8, description="yyyy, yyyyMM or yyyyMMdd")]
-EndDate = Annotated[str, Query(max_length=8, description="yyyy, yyyyMM or yyyyMMdd, inclusive")]
+_DATE = r"^(\d{4}|\d{6}|\d{8})$"
+StartDate = Annotated[str, Query(pattern=_DATE, description="yyyy, yyyyMM or yyyyMMdd")]
+EndDate = Annotated[str, Query(pattern=_DATE, description="yyyy, yyyyMM or yyyyMMdd, inclusive")]
 
 
 def _period(start_date: str, end_date: str) -> Period:

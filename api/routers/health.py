@@ -43,6 +43,10 @@ async def ready(conn: Conn, settings: AppSettings) -> Any:
     return JSONResponse({"ready": status == 200, "checks": checks}, status)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

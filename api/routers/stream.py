@@ -24,12 +24,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from api.deps import AppSettings, CanRead
 from api.routers.realtime import decimal_text
@@ -102,61 +104,82 @@ Event = tuple[str, dict[str, Any]]  # (event type, data)
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _tail(
-    settings: Settings,
-    topic: TopicId,
-    start: dict[int, int] | None,
-    render: Callable[[bytes], Any],
-) -> AsyncIterator[ServerSentEvent]:
-    """The topic's records from ``start`` (or its end) as SSE events, forever."""
-    name = topic_name(topic, settings.kafka.topic_prefix)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-api-stream",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(name)
-        if partitions is None:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        if start is None:
-            await consumer.seek_to_end(*tps)
-        else:
-            for tp in tps:
-                if tp.partition in start:
-                    consumer.seek(tp, start[tp.partition])
-                else:  # a partition the client never saw: from its oldest record
-                    await consumer.seek_to_beginning(tp)
-        position = {tp.partition: await consumer.position(tp) for tp in tps}
-        yield ServerSentEvent(
-            data=orjson.dumps({"topic": name}).decode(),
-            event="ready",
-            id=format_position(position),
+class _Tail:
+    """A started consumer assigned to every partition of a topic, positioned at ``start``
+    (or the end)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, position: dict[int, int], name: str) -> None:
+        self.consumer = consumer
+        self.position = position
+        self.name = name
+
+    @classmethod
+    async def open(cls, settings: Settings, topic: TopicId, start: dict[int, int] | None) -> _Tail:
+        name = topic_name(topic, settings.kafka.topic_prefix)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_id=f"{settings.kafka.client_id}-api-stream",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=10000,
         )
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
-            for tp, records in batches.items():
-                for record in records:
-                    position[tp.partition] = record.offset + 1
-                    if record.value is None:
-                        continue
-                    rendered = await render(record.value)
-                    if rendered is None:
-                        continue
-                    event, data = rendered
-                    yield ServerSentEvent(
-                        data=orjson.dumps(data).decode(),
-                        event=event,
-                        id=format_position(position),
-                    )
-    finally:
-        await consumer.stop()
+        try:
+            await consumer.start()
+            if name not in await consumer.topics():
+                raise HTTPException(503, f"the topic {name} does not exist yet")
+            # Without a group, a subscription is assigned every partition of the topic.
+            consumer.subscribe([name])
+            deadline = time.monotonic() + 10
+            while not consumer.assignment():
+                if time.monotonic() > deadline:
+                    raise HTTPException(503, f"no partitions of {name} were assigned")
+                await asyncio.sleep(0.05)
+            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            if start is None:
+                await consumer.seek_to_end(*tps)
+            else:
+                for tp in tps:
+                    if tp.partition in start:
+                        consumer.seek(tp, start[tp.partition])
+                    else:  # a partition the client never saw: from its oldest record
+                        await consumer.seek_to_beginning(tp)
+            position = {tp.partition: await consumer.position(tp) for tp in tps}
+        except HTTPException:
+            await consumer.stop()
+            raise
+        except KafkaError as exc:
+            await consumer.stop()
+            raise HTTPException(503, f"Kafka is unavailable: {exc}", {"Retry-After": "5"}) from None
+        return cls(consumer, position, name)
+
+    async def events(self, render: Callable[[bytes], Any]) -> AsyncIterator[ServerSentEvent]:
+        """``ready`` with the starting position, then every rendered record, forever."""
+        position = self.position
+        try:
+            yield ServerSentEvent(
+                data=orjson.dumps({"topic": self.name}).decode(),
+                event="ready",
+                id=format_position(position),
+            )
+            while True:
+                batches = await self.consumer.getmany(timeout_ms=1000, max_records=500)
+                for tp, records in batches.items():
+                    for record in records:
+                        position[tp.partition] = record.offset + 1
+                        if record.value is None:
+                            continue
+                        rendered = await render(record.value)
+                        if rendered is None:
+                            continue
+                        event, data = rendered
+                        yield ServerSentEvent(
+                            data=orjson.dumps(data).decode(),
+                            event=event,
+                            id=format_position(position),
+                        )
+        finally:
+            await self.consumer.stop()
 
 
 def _decode(model: type[M], raw: bytes) -> M | None:
@@ -187,7 +210,7 @@ def _admit(request: Request, settings: Settings) -> _Clients:
     return clients
 
 
-def _respond(
+async def _respond(
     request: Request,
     settings: Settings,
     topic: TopicId,
@@ -196,17 +219,36 @@ def _respond(
 ) -> EventSourceResponse:
     start = parse_position(last_event_id)
     clients = _admit(request, settings)
+    clients.open += 1
+    try:
+        tail = await _Tail.open(settings, topic, start)
+    except BaseException:
+        clients.open -= 1
+        raise
+
+    closed = False
+
+    async def close() -> None:
+        # Runs when the stream ends, and again as the response's background task, which
+        # also covers a client gone before the first event (the generator never started).
+        nonlocal closed
+        if not closed:
+            closed = True
+            clients.open -= 1
+            await tail.consumer.stop()
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        clients.open += 1
         try:
-            async for event in _tail(settings, topic, start, render):
+            async for event in tail.events(render):
                 yield event
         finally:
-            clients.open -= 1
+            await close()
 
     return EventSourceResponse(
-        events(), ping=settings.api.stream_ping_s, headers={"Cache-Control": "no-store"}
+        events(),
+        ping=settings.api.stream_ping_s,
+        headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(close),
     )
 
 
@@ -268,7 +310,7 @@ async def realtime(
             "stale": age > stale_after,
         }
 
-    return _respond(request, settings, "latest", last_event_id or last_event_id_query, render)
+    return await _respond(request, settings, "latest", last_event_id or last_event_id_query, render)
 
 
 @router.get(
@@ -310,4 +352,4 @@ async def alerts(
             return None
         return "alert", {**event.model_dump(mode="json"), "factory": place and place["factory"]}
 
-    return _respond(request, settings, "alerts", last_event_id or last_event_id_query, render)
+    return await _respond(request, settings, "alerts", last_event_id or last_event_id_query, render)

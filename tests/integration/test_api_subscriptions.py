@@ -1,0 +1,142 @@
+"""`/api/v1/subscriptions` and `/api/v1/notifications` through HTTP on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import uuid4
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
+from tests.api_support import OPERATOR, VIEWER, api_settings
+
+pytestmark = pytest.mark.integration
+
+URL = "/api/v1/subscriptions/"
+BODY = {
+    "factory": "SinPyeong",
+    "building": "MX-1",
+    "subscriber": "kim",
+    "notify_type": "email",
+    "notify_id": "kim@example.com",
+}
+
+
+@pytest.fixture
+def client(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings(stack, kafka, db))) as c:
+        yield c
+
+
+def test_create_read_update_delete(client: TestClient) -> None:
+    assert client.post(URL, json=BODY).status_code == 401
+    assert client.post(URL, json=BODY, headers=VIEWER).status_code == 403
+    r = client.post(URL, json=BODY, headers=OPERATOR)
+    assert r.status_code == 201, r.text
+    sub = r.json()
+    sid = sub["subscription_id"]
+    # NULL scope and threshold type mean "any"; min_level defaults to warning.
+    assert sub["threshold_type"] is None and sub["floor"] is None
+    assert sub["min_level"] == "warning" and sub["enabled"] is True
+    assert client.get(f"{URL}{sid}").json() == sub
+    assert [s["subscription_id"] for s in client.get(URL).json()] == [sid]
+
+    r = client.put(f"{URL}{sid}", json={"min_level": "critical", "floor": 2}, headers=OPERATOR)
+    assert r.status_code == 200, r.text
+    assert (r.json()["min_level"], r.json()["floor"], r.json()["factory"]) == (
+        "critical",
+        2,
+        "SinPyeong",
+    )
+    # The merged row is validated: an email channel with a non-address target is refused.
+    bad = client.put(f"{URL}{sid}", json={"notify_id": "not-an-address"}, headers=OPERATOR)
+    assert bad.status_code == 422 and "address" in bad.json()["error"]["message"]
+    assert client.get(f"{URL}{sid}").json()["notify_id"] == "kim@example.com"
+    moved = client.put(
+        f"{URL}{sid}",
+        json={"notify_type": "webhook", "notify_id": "https://hooks.example.com/x"},
+        headers=OPERATOR,
+    )
+    assert moved.status_code == 200 and moved.json()["notify_type"] == "webhook"
+
+    assert client.post(f"{URL}{sid}/disable", headers=OPERATOR).json()["enabled"] is False
+    assert client.get(URL, params={"enabled": True}).json() == []
+    assert client.post(f"{URL}{sid}/enable", headers=OPERATOR).json()["enabled"] is True
+    assert client.post(f"{URL}{sid}/disable").status_code == 401
+
+    assert client.delete(f"{URL}{sid}").status_code == 401
+    assert client.delete(f"{URL}{sid}", headers=OPERATOR).json()["subscription_id"] == sid
+    assert client.get(f"{URL}{sid}").status_code == 404
+    assert client.put(f"{URL}{sid}", json={}, headers=OPERATOR).status_code == 404
+    assert client.post(f"{URL}{sid}/enable", headers=OPERATOR).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        ({"notify_type": "pager"}, "notify_type"),
+        ({"min_level": "normal"}, "min_level"),
+        ({"threshold_type": "pressure"}, "threshold_type"),
+        ({"notify_type": "webhook", "notify_id": "ftp://x"}, "URL"),
+        ({"subscriber": ""}, "subscriber"),
+        ({"sensor_id": "bad id!"}, "sensor_id"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_subscriptions_are_422(
+    client: TestClient, change: dict[str, str], word: str
+) -> None:
+    r = client.post(URL, json={**BODY, **change}, headers=OPERATOR)
+    assert r.status_code == 422, r.text
+    assert word in r.text
+    assert client.get(URL).json() == []
+
+
+def test_filters(client: TestClient) -> None:
+    client.post(URL, json=BODY, headers=OPERATOR)
+    client.post(
+        URL,
+        json={**BODY, "factory": "JangNim", "notify_type": "sms", "notify_id": "010-1234"},
+        headers=OPERATOR,
+    )
+    assert [s["factory"] for s in client.get(URL, params={"notify_type": "sms"}).json()] == [
+        "JangNim"
+    ]
+    assert len(client.get(URL, params={"subscriber": "kim"}).json()) == 2
+    assert client.get(URL, params={"factory": "Nowhere"}).json() == []
+    assert len(client.get(URL, params={"limit": 1, "skip": 1}).json()) == 1
+
+
+def test_notification_log(client: TestClient, db: DatabaseSettings) -> None:
+    sid = client.post(URL, json=BODY, headers=OPERATOR).json()["subscription_id"]
+    alert, other = uuid4(), uuid4()
+    with psycopg.connect(db.url) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        for a, status, reason in (
+            (alert, "SENT", None),
+            (alert, "FAILED", "smtp: 550 mailbox unavailable"),
+            (other, "PENDING", None),
+        ):
+            conn.execute(
+                "INSERT INTO notifications (alert_id, event_id, subscription_id, notify_type,"
+                " notify_id, status, try_count, fail_reason) VALUES (%s, %s, %s, 'email',"
+                " 'kim@example.com', %s, 1, %s)",
+                (a, uuid4(), sid, status, reason),
+            )
+    log = client.get("/api/v1/notifications/")
+    assert log.status_code == 200 and len(log.json()) == 3
+    assert [n["notification_id"] for n in log.json()] == sorted(
+        (n["notification_id"] for n in log.json()), reverse=True
+    )
+    by_alert = client.get("/api/v1/notifications/", params={"alert_id": str(alert)}).json()
+    assert {n["status"] for n in by_alert} == {"SENT", "FAILED"}
+    failed = client.get("/api/v1/notifications/", params={"status": "FAILED"}).json()
+    assert [n["fail_reason"] for n in failed] == ["smtp: 550 mailbox unavailable"]
+    assert len(client.get("/api/v1/notifications/", params={"subscription_id": sid}).json()) == 3
+    assert client.get("/api/v1/notifications/", params={"status": "LOST"}).status_code == 422
+    # Deleting a subscription deletes its log.
+    client.delete(f"{URL}{sid}", headers=OPERATOR)
+    assert client.get("/api/v1/notifications/").json() == []
