@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 IOTMON := $(BIN)/iotmon
 
-.PHONY: install system-deps up down status test test-unit check demo clean
+.PHONY: install system-deps up down status test test-unit check demo clean bench-tools bench-api bench-throughput
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,15 @@ demo: up
 
 clean: down
 	rm -rf $(VENV)
+
+# Benchmarks (never part of `make test`): numbers under bench/results/, see docs/performance.md.
+bench-tools: install
+	$(BIN)/pip install -q -e '.[bench]'
+	@command -v go >/dev/null && GOFLAGS=-mod=mod go install github.com/rakyll/hey@v0.1.5 \
+		|| echo "go not found: the API bench falls back to its Python client"
+
+bench-api: up bench-tools
+	$(BIN)/python -m bench.api_load $(BENCH_ARGS)
+
+bench-throughput: up bench-tools
+	$(BIN)/python -m bench.throughput $(BENCH_ARGS)

@@ -33,6 +33,11 @@ def create_app(settings: Settings) -> FastAPI:
         await conn.execute(
             sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.db.db_schema))
         )
+        # Aggregation queries sort and group up to a few hundred thousand hourly rows; keep
+        # that in memory rather than in temporary files.
+        await conn.execute(
+            sql.SQL("SET work_mem TO {}").format(sql.Literal(settings.api.query_work_mem))
+        )
         await conn.commit()
 
     @asynccontextmanager

@@ -88,8 +88,20 @@ async def _aggregate(
     group = _LEVEL_COLUMNS[level]
     ymd, hour = _BUCKETS[period.bucket]
     group_sql = sql.SQL(", ").join(sql.Identifier("l", c) for c in group)
-    conditions: list[sql.Composable] = [sql.SQL("a.ymd BETWEEN %s AND %s")]
-    params: list[Any] = [period.first_ymd, period.last_ymd]
+    # ymd is the location's local date; the hour_start bounds (local dates widened by the
+    # largest UTC offsets) only let the planner use the time indexes, they never cut rows.
+    conditions: list[sql.Composable] = [
+        sql.SQL("a.ymd BETWEEN %s AND %s"),
+        sql.SQL(
+            "a.hour_start >= to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC'"
+            " - interval '14 hours'"
+        ),
+        sql.SQL(
+            "a.hour_start < to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC'"
+            " + interval '1 day 12 hours'"
+        ),
+    ]
+    params: list[Any] = [period.first_ymd, period.last_ymd, period.first_ymd, period.last_ymd]
     for column, value in where.items():
         conditions.append(sql.SQL("{} = %s").format(sql.Identifier("l", column)))
         params.append(value)

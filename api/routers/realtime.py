@@ -5,17 +5,23 @@ stale, and unknown filters give an empty list."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Path, Query
+import psycopg
+from fastapi import APIRouter, Path, Query, Request, Response
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
-from api.deps import AppSettings, CanRead, Conn
+from api.deps import AppSettings, CanRead
+from iotmon.settings import Settings
 
 router = APIRouter(prefix="/realtime", tags=["realtime"])
 
@@ -64,7 +70,53 @@ def decimal_text(value: Decimal | None) -> str | None:
     return text + "0" if text.endswith(".") else text
 
 
-async def _realtime(conn: Conn, settings: AppSettings, where: dict[str, Any]) -> RealtimeResponse:
+class ResponseCache:
+    """Rendered answers kept for ``ttl_s`` seconds per key; concurrent requests for a key
+    that is being rendered wait for that one rendering instead of querying again."""
+
+    def __init__(self, ttl_s: float, max_keys: int = 1000) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self._entries: dict[Hashable, tuple[float, bytes]] = {}
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+
+    async def get(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> bytes:
+        if self.ttl_s <= 0:
+            return await render()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > time.monotonic():
+                return entry[1]
+            body = await render()
+            if len(self._entries) >= self.max_keys:
+                self._entries.clear()
+                self._locks = {key: lock}
+            self._entries[key] = (time.monotonic() + self.ttl_s, body)
+            return body
+
+
+async def _answer(request: Request, settings: Settings, where: dict[str, Any]) -> Response:
+    cache: ResponseCache | None = getattr(request.app.state, "realtime_cache", None)
+    if cache is None:
+        cache = request.app.state.realtime_cache = ResponseCache(settings.api.realtime_cache_s)
+
+    async def render() -> bytes:
+        pool: AsyncConnectionPool = request.app.state.pool
+        async with pool.connection() as conn:
+            result = await _realtime(conn, settings, where)
+        return result.model_dump_json().encode()
+
+    key = tuple(sorted((k, v) for k, v in where.items() if v is not None))
+    return Response(await cache.get(key, render), media_type="application/json")
+
+
+async def _realtime(
+    conn: psycopg.AsyncConnection[Any], settings: Settings, where: dict[str, Any]
+) -> RealtimeResponse:
     conditions: list[sql.Composable] = [sql.SQL("l.is_active")]
     params: list[Any] = []
     for column, value in where.items():
@@ -110,42 +162,44 @@ async def _realtime(conn: Conn, settings: AppSettings, where: dict[str, Any]) ->
 Text = Annotated[str, Path(max_length=100)]
 
 
-@router.get("/", dependencies=[CanRead])
-async def everything(conn: Conn, settings: AppSettings) -> RealtimeResponse:
-    return await _realtime(conn, settings, {})
+@router.get("/", dependencies=[CanRead], response_model=RealtimeResponse)
+async def everything(request: Request, settings: AppSettings) -> Response:
+    return await _answer(request, settings, {})
 
 
-@router.get("/factory/{factory}", dependencies=[CanRead])
-async def by_factory(conn: Conn, settings: AppSettings, factory: Text) -> RealtimeResponse:
-    return await _realtime(conn, settings, {"factory": factory})
+@router.get("/factory/{factory}", dependencies=[CanRead], response_model=RealtimeResponse)
+async def by_factory(request: Request, settings: AppSettings, factory: Text) -> Response:
+    return await _answer(request, settings, {"factory": factory})
 
 
-@router.get("/building/{building}", dependencies=[CanRead])
-async def by_building(conn: Conn, settings: AppSettings, building: Text) -> RealtimeResponse:
-    return await _realtime(conn, settings, {"building": building})
+@router.get("/building/{building}", dependencies=[CanRead], response_model=RealtimeResponse)
+async def by_building(request: Request, settings: AppSettings, building: Text) -> Response:
+    return await _answer(request, settings, {"building": building})
 
 
-@router.get("/floor/{floor}", dependencies=[CanRead])
+@router.get("/floor/{floor}", dependencies=[CanRead], response_model=RealtimeResponse)
 async def by_floor(
-    conn: Conn, settings: AppSettings, floor: Annotated[int, Path(ge=-100, le=500)]
-) -> RealtimeResponse:
-    return await _realtime(conn, settings, {"floor": floor})
+    request: Request, settings: AppSettings, floor: Annotated[int, Path(ge=-100, le=500)]
+) -> Response:
+    return await _answer(request, settings, {"floor": floor})
 
 
-@router.get("/loc_id/{loc_id}", dependencies=[CanRead])
-async def by_loc_id(conn: Conn, settings: AppSettings, loc_id: Text) -> RealtimeResponse:
-    return await _realtime(conn, settings, {"loc_id": loc_id})
+@router.get("/loc_id/{loc_id}", dependencies=[CanRead], response_model=RealtimeResponse)
+async def by_loc_id(request: Request, settings: AppSettings, loc_id: Text) -> Response:
+    return await _answer(request, settings, {"loc_id": loc_id})
 
 
-@router.get("/location", dependencies=[CanRead])
+@router.get("/location", dependencies=[CanRead], response_model=RealtimeResponse)
 async def by_location(
-    conn: Conn,
+    request: Request,
     settings: AppSettings,
     factory: Annotated[str | None, Query(max_length=100)] = None,
     building: Annotated[str | None, Query(max_length=100)] = None,
     floor: Annotated[int | None, Query(ge=-100, le=500)] = None,
     loc_id: Annotated[str | None, Query(max_length=100)] = None,
-) -> RealtimeResponse:
-    return await _realtime(
-        conn, settings, {"factory": factory, "building": building, "floor": floor, "loc_id": loc_id}
+) -> Response:
+    return await _answer(
+        request,
+        settings,
+        {"factory": factory, "building": building, "floor": floor, "loc_id": loc_id},
     )

@@ -117,3 +117,31 @@ def test_filters(client: TestClient) -> None:
     assert client.get("/api/v1/realtime/loc_id/x' OR '1'='1").json()["measurements"] == []
     r = client.get("/api/v1/realtime/floor/first")
     assert r.status_code == 422 and r.json()["error"]["message"]
+
+
+def test_answers_are_rendered_once_per_cache_period(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
+) -> None:
+    import_master_data(db, kafka, load_file(EXAMPLES / "locations.csv"))
+    now = datetime.now(UTC)
+    latest(db, "TEMPIOT-A011", "A011", now, "22.1", "50", "23.0", ("normal", None, "normal"))
+
+    def set_temperature(value: str) -> None:
+        with psycopg.connect(db.url) as conn:
+            conn.execute(f'SET search_path TO "{db.db_schema}"')
+            conn.execute("UPDATE latest_readings SET temperature = %s", (value,))
+
+    def temperature(c: TestClient, path: str) -> str:
+        body = c.get(path).json()
+        return str(body["measurements"][0]["metrics"]["temperature"]["value"])
+
+    for ttl, expected in ((3600.0, "22.1"), (0.0, "25.5")):
+        set_temperature("22.1")
+        api = stack.api.model_copy(update={"realtime_cache_s": ttl})
+        settings = stack.model_copy(update={"kafka": kafka, "db": db, "api": api})
+        with TestClient(create_app(settings)) as c:
+            assert temperature(c, "/api/v1/realtime/loc_id/A011") == "22.1"
+            set_temperature("25.5")
+            assert temperature(c, "/api/v1/realtime/loc_id/A011") == expected
+            # Another filter is another answer, rendered from the current rows.
+            assert temperature(c, "/api/v1/realtime/factory/SinPyeong") == "25.5"

@@ -1,0 +1,1 @@
+"""Benchmarks: one command each, numbers printed and written under bench/results/."""

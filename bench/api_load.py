@@ -1,0 +1,329 @@
+"""API load: realtime and aggregation queries with 1,000 locations and a year of hourly rows.
+
+    python -m bench.api_load [--locations 1000] [--days 365] [--duration 20] [--reuse]
+
+Fills its own schema (``bench_api``) of the local PostgreSQL: every location has one sensor,
+a latest status, and one hourly aggregate per hour for ``--days`` days (8.76 million rows by
+default), written with one INSERT ... SELECT.  It then starts ``iotmon api`` as a separate
+process and drives it with concurrent closed-loop clients (httpx, asyncio) for each
+scenario.  The baseline in the same run is ``/health`` at the same concurrency: the most
+this machine's HTTP stack answers with no database work at all.  The load generator runs on
+the same cores as the server and the database, so every number is a floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from bench.common import latency_summary, write_results
+from iotmon.db.migrate import migrate
+from iotmon.settings import Settings
+
+FACTORIES = 4
+BUILDINGS = 5
+FLOORS = 5
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    clients: int
+    target_p99_ms: float | None = None
+
+
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(settings.db.url, autocommit=True)
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(settings.db.db_schema)))
+    return conn
+
+
+def fill(settings: Settings, locations: int, days: int, reuse: bool) -> dict[str, Any]:
+    """Create and fill the schema (or keep it when ``reuse`` and it has the same size)."""
+    schema = settings.db.db_schema
+    hours = days * 24
+    with psycopg.connect(settings.db.url, autocommit=True) as conn:
+        if reuse:
+            try:
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+                row = conn.execute(
+                    "SELECT (SELECT count(*) FROM locations), (SELECT count(*) FROM"
+                    " hourly_aggregates)"
+                ).fetchone()
+                if row == (locations, locations * hours):
+                    print(f"reusing schema {schema}: {row[1]:,} hourly rows")
+                    return {"fill_s": None, "hourly_rows": row[1]}
+            except psycopg.Error:
+                pass
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    migrate(settings.db)
+    started = time.perf_counter()
+    with _connect(settings) as conn:
+        conn.execute(
+            "INSERT INTO locations (loc_id, plant, factory, building, floor, area, timezone)"
+            " SELECT format('L%%s', lpad(i::text, 4, '0')), 'P1', format('F%%s', i %% %s),"
+            " format('B%%s', (i / %s) %% %s), (i / %s) %% %s + 1, format('area %%s', i %% 7),"
+            " 'Asia/Seoul' FROM generate_series(0, %s - 1) i",
+            (FACTORIES, FACTORIES, BUILDINGS, FACTORIES * BUILDINGS, FLOORS, locations),
+        )
+        conn.execute(
+            "INSERT INTO sensors (sensor_id, loc_id) SELECT format('TEMPIOT-L%%s',"
+            " lpad(i::text, 4, '0')), format('L%%s', lpad(i::text, 4, '0'))"
+            " FROM generate_series(0, %s - 1) i",
+            (locations,),
+        )
+        conn.execute(
+            "INSERT INTO latest_readings (sensor_id, loc_id, capture_dt, temperature, humidity,"
+            " pcv_temperature, temperature_status, humidity_status, pcv_temperature_status)"
+            " SELECT s.sensor_id, s.loc_id, now() - random() * interval '20 seconds',"
+            " round((20 + random() * 15)::numeric, 2), round((40 + random() * 40)::numeric, 2),"
+            " round((20 + random() * 14)::numeric, 2), 'normal', NULL, 'normal' FROM sensors s"
+        )
+        print(f"writing {locations * hours:,} hourly rows ...", flush=True)
+        conn.execute(
+            "INSERT INTO hourly_aggregates (sensor_id, hour_start, loc_id, ymd, hour,"
+            " temperature_count, temperature_sum, temperature_min, temperature_max,"
+            " humidity_count, humidity_sum, humidity_min, humidity_max,"
+            " pcv_temperature_count, pcv_temperature_sum, pcv_temperature_min,"
+            " pcv_temperature_max, is_final)"
+            " SELECT s.sensor_id, h, s.loc_id, to_char(h AT TIME ZONE 'Asia/Seoul', 'YYYYMMDD'),"
+            " to_char(h AT TIME ZONE 'Asia/Seoul', 'HH24'),"
+            " 60, 60 * v.t, v.t - 1, v.t + 1.5, 60, 60 * v.rh, v.rh - 3, v.rh + 3,"
+            " 60, 60 * v.p, v.p - 1, v.p + 1, true"
+            " FROM sensors s CROSS JOIN generate_series("
+            "   date_trunc('hour', now()) - make_interval(hours => %s), "
+            "   date_trunc('hour', now()) - interval '1 hour', interval '1 hour') h"
+            " CROSS JOIN LATERAL (SELECT"
+            "   round((24 + 6 * sin(extract(epoch FROM h) / 43200.0))::numeric, 2) AS t,"
+            "   round((60 + 15 * cos(extract(epoch FROM h) / 86400.0))::numeric, 2) AS rh,"
+            "   round((25 + 6 * sin(extract(epoch FROM h) / 43200.0))::numeric, 2) AS p) v",
+            (hours,),
+        )
+        conn.execute("ANALYZE")
+    fill_s = round(time.perf_counter() - started, 1)
+    print(f"filled in {fill_s} s")
+    return {"fill_s": fill_s, "hourly_rows": locations * hours}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "IOTMON_DB__DB_SCHEMA": settings.db.db_schema,
+        "IOTMON_API__PORT": str(port),
+        "IOTMON_LOG__LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "iotmon", "api"], env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the API did not start")
+
+
+def hey_binary() -> str | None:
+    """`hey` (a compiled HTTP load generator: ``go install github.com/rakyll/hey@v0.1.5``),
+    which leaves the cores to the server far more than a Python client does."""
+    found = shutil.which("hey")
+    if found:
+        return found
+    home = Path.home() / "go" / "bin" / "hey"
+    return str(home) if home.exists() else None
+
+
+def drive_hey(hey: str, base: str, scenario: Scenario, duration_s: float) -> dict[str, Any]:
+    url = base + scenario.path
+    httpx.get(url, timeout=60)  # warm up
+    out = subprocess.run(
+        [hey, "-z", f"{duration_s}s", "-c", str(scenario.clients), "-t", "60", "-o", "csv", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    latencies: list[float] = []
+    errors = 0
+    last_offset = 0.0
+    for row in csv.DictReader(io.StringIO(out)):
+        latencies.append(float(row["response-time"]))
+        last_offset = max(last_offset, float(row["offset"]) + float(row["response-time"]))
+        if row["status-code"] != "200":
+            errors += 1
+    size = len(httpx.get(url, timeout=60).content)
+    return _result(scenario, latencies, errors, last_offset or duration_s, [size])
+
+
+def _result(
+    scenario: Scenario, latencies: list[float], errors: int, elapsed: float, sizes: list[int]
+) -> dict[str, Any]:
+    summary = latency_summary(latencies)
+    target = scenario.target_p99_ms
+    return {
+        "scenario": scenario.name,
+        "clients": scenario.clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "req_per_s": round(len(latencies) / elapsed, 1),
+        **summary,
+        "response_kb": round(sum(sizes) / max(1, len(sizes)) / 1024, 1),
+        "target_p99_ms": target if target is not None else "",
+        "meets_target": "" if target is None else ("yes" if summary["p99_ms"] <= target else "NO"),
+    }
+
+
+async def drive(base: str, scenario: Scenario, duration_s: float) -> dict[str, Any]:
+    """``clients`` closed-loop clients request ``path`` for ``duration_s`` seconds."""
+    latencies: list[float] = []
+    errors = 0
+    sizes: list[int] = []
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=scenario.clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        await client.get(scenario.path)  # warm up (first rendering, connection)
+
+        async def one_client() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                r = await client.get(scenario.path)
+                latencies.append(time.perf_counter() - started)
+                if r.status_code != 200:
+                    errors += 1
+                elif len(sizes) < 5:
+                    sizes.append(len(r.content))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(scenario.clients)))
+        elapsed = time.perf_counter() - started
+    return _result(scenario, latencies, errors, elapsed, sizes)
+
+
+def scenarios(month: str, clients: int) -> list[Scenario]:
+    first, last = f"{month}01", f"{month}28"
+    return [
+        Scenario("baseline: /health (no database)", "/health", clients),
+        Scenario("realtime, all 1,000 locations", "/api/v1/realtime/", clients, 50.0),
+        Scenario("realtime, one factory", "/api/v1/realtime/factory/F1", clients, 50.0),
+        Scenario(
+            "aggregation, one factory, 28 days hourly",
+            f"/api/v1/aggregation/temperature/factory/F1?start_date={first}&end_date={last}",
+            1,
+            300.0,
+        ),
+        Scenario(
+            "aggregation, one factory, 28 days hourly, 10 clients",
+            f"/api/v1/aggregation/temperature/factory/F1?start_date={first}&end_date={last}",
+            10,
+        ),
+        Scenario(
+            "aggregation, one location, a year monthly",
+            f"/api/v1/aggregation/pcv_temperature/location/L0001?start_date={month[:4]}"
+            f"&end_date={month[:4]}",
+            clients,
+        ),
+        Scenario(
+            "aggregation, one location, one day hourly",
+            f"/api/v1/aggregation/humidity/location/L0002?start_date={first}&end_date={first}",
+            clients,
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--locations", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
+    parser.add_argument("--schema", default="bench_api")
+    parser.add_argument("--reuse", action="store_true", help="keep a filled schema of this size")
+    parser.add_argument(
+        "--python-client", action="store_true", help="drive the load with httpx even if hey exists"
+    )
+    args = parser.parse_args()
+
+    base_settings = Settings()
+    settings = base_settings.model_copy(
+        update={"db": base_settings.db.model_copy(update={"db_schema": args.schema})}
+    )
+    data = fill(settings, args.locations, args.days, args.reuse)
+    # A full month that lies inside the data: the month before last.
+    with _connect(settings) as conn:
+        row = conn.execute(
+            "SELECT to_char(date_trunc('month', now() - interval '1 month')"
+            " - interval '1 day', 'YYYYMM')"
+        ).fetchone()
+    assert row is not None
+    month = row[0]
+    port = _free_port()
+    api = start_api(settings, port)
+    hey = None if args.python_client else hey_binary()
+    print(f"load generator: {hey or 'python httpx client'}")
+    rows = []
+    try:
+        for scenario in scenarios(month, args.clients):
+            base = f"http://127.0.0.1:{port}"
+            if hey:
+                result = drive_hey(hey, base, scenario, args.duration)
+            else:
+                result = asyncio.run(drive(base, scenario, args.duration))
+            print(result, flush=True)
+            rows.append(result)
+    finally:
+        api.terminate()
+        api.wait(20)
+    write_results(
+        "api_load",
+        rows,
+        [
+            "scenario",
+            "clients",
+            "req_per_s",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "max_ms",
+            "errors",
+            "response_kb",
+            "target_p99_ms",
+            "meets_target",
+        ],
+        extra={
+            "locations": args.locations,
+            "days": args.days,
+            "duration_s_per_scenario": args.duration,
+            "load_generator": "hey" if hey else "python httpx",
+            **data,
+        },
+        plot=("scenario", "p99_ms", "p99 latency (ms)"),
+    )
+
+
+if __name__ == "__main__":
+    main()
