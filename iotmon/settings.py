@@ -137,7 +137,7 @@ class ApiSettings(BaseModel):
     stale_after_s: float = Field(300.0, gt=0)  # a realtime measurement older than this is stale
     # A realtime answer is rendered at most once per this many seconds per filter (0: never
     # kept); concurrent requests share one rendering.
-    realtime_cache_s: float = Field(1.0, ge=0)
+    realtime_cache_s: float = Field(0.2, ge=0)
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     query_work_mem: str = Field("32MB", pattern=r"^\d{1,6}(kB|MB|GB)$")  # per API session

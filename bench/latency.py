@@ -1,0 +1,327 @@
+"""Latency at a steady rate: from the moment a reading is published to MQTT until (a) its
+alert event is on the alerts topic and (b) the reading is visible in ``/api/v1/realtime/``.
+
+    python -m bench.latency [--rate 2000] [--duration 30] [--sensors 200]
+
+The whole pipeline runs as separate processes on the local stack (bridge, ingest, worker,
+sink, API), on a fresh topic prefix and database schema.  The temperature threshold has no
+hold or clear duration, so that every reading that crosses it raises or resolves an alert at
+once.  Each reading carries its publish time as ``capture_dt``.  Latency (a) is the time the
+alert event is read from Kafka minus that time.  Latency (b) is the time a poller (one HTTP
+client polling the full realtime view back to back) first sees that ``capture_dt``, minus
+that time.  So (b) includes up to one poll interval (reported), and the realtime cache
+(``IOTMON_API__REALTIME_CACHE_S``, at its default).  Every clock is this machine's.
+
+The same run also times the consumer side alone as the baseline: a raw Kafka round trip,
+produce and then consume, on the same broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from psycopg import sql
+
+from bench.common import RESULTS, latency_summary, write_results
+from iotmon.db.migrate import migrate
+from iotmon.settings import Settings
+from iotmon.topics import delete_topics, ensure_topics
+from producers.kafka import make_producer
+from producers.masterdata import import_master_data
+from producers.simulate_cmd import MqttPublisher
+from producers.simulator import Message, build_plant, master_data
+from producers.thresholds import import_thresholds
+from schemas.topics import TOPICS, topic_name
+
+HOT, COOL = 36.0, 25.0  # the threshold is 35.00 (warning), no hold, no clear delay
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class AlertWatcher(threading.Thread):
+    """Reads the alerts topic; latency of every raise/resolve since ``start``."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self._settings = settings
+
+    def run(self) -> None:
+        kafka = self._settings.kafka
+        name = topic_name("alerts", kafka.topic_prefix)
+        consumer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}"}
+        )
+        meta = consumer.list_topics(name, timeout=10).topics[name]
+        consumer.assign([TopicPartition(name, p, 0) for p in meta.partitions])
+        self.ready.set()
+        while not self.stop.is_set():
+            for msg in consumer.consume(500, 0.05):
+                value = msg.value()
+                if msg.error() or value is None:
+                    continue
+                now = time.time()
+                event = orjson.loads(value)
+                if event.get("reading_time") and event["transition"] in ("raised", "resolved"):
+                    self.latencies.append(now - _parse(event["reading_time"]))
+        consumer.close()
+
+
+class RealtimePoller(threading.Thread):
+    """Polls ``/api/v1/realtime/`` back to back; latency of each newly seen reading."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.latencies: list[float] = []
+        self.polls: list[float] = []
+        self.stop = threading.Event()
+        self._seen: dict[str, str] = {}
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            while not self.stop.is_set():
+                started = time.time()
+                body = client.get("/api/v1/realtime/").json()
+                now = time.time()
+                self.polls.append(now - started)
+                for m in body["measurements"]:
+                    capture = m["capture_dt"]
+                    if self._seen.get(m["sensor_id"]) != capture:
+                        if m["sensor_id"] in self._seen:
+                            self.latencies.append(now - _parse(capture))
+                        self._seen[m["sensor_id"]] = capture
+
+
+def kafka_round_trip(settings: Settings, count: int = 2000) -> list[float]:
+    """Baseline: produce then consume on the broker alone (one partition, no processing)."""
+    name = topic_name("alerts", settings.kafka.topic_prefix)
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"rt-{uuid.uuid4()}"}
+    )
+    high = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=10)[1]
+    consumer.assign([TopicPartition(name, 0, high)])
+    producer = make_producer(settings.kafka)
+    out: list[float] = []
+    for _ in range(count):
+        sent = time.time()
+        producer.produce(name, value=orjson.dumps({"t": sent}), partition=0)
+        producer.poll(0)
+        producer.flush(5)
+        while True:
+            msg = consumer.poll(5)
+            if msg is not None and not msg.error():
+                out.append(time.time() - sent)
+                break
+        time.sleep(0.002)
+    consumer.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=2000.0, help="readings per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
+    parser.add_argument("--sensors", type=int, default=200)
+    args = parser.parse_args()
+
+    run_id = uuid.uuid4().hex[:8]
+    base = Settings()
+    kafka = base.kafka.model_copy(update={"topic_prefix": f"bench.{run_id}."})
+    db = base.db.model_copy(update={"db_schema": f"bench_lat_{run_id}"})
+    mq = base.mqtt.model_copy(
+        update={"topic_prefix": f"bench/{run_id}/", "client_id": f"iotmon-bridge-{run_id}"}
+    )
+    settings = base.model_copy(update={"kafka": kafka, "db": db, "mqtt": mq})
+    ensure_topics(kafka)
+    migrate(db)
+    plant = build_plant(args.sensors, seed=11)
+    import_master_data(db, kafka, master_data(plant))
+    import_thresholds(
+        db,
+        kafka,
+        [
+            {
+                "threshold_type": "temperature",
+                "level": "yellow",
+                "min_value": 35.0,
+                "max_value": None,
+                "hold_seconds": 0,
+                "clear_seconds": 0,
+            }
+        ],
+    )
+    api_port = 18000 + int(run_id[:3], 16) % 1000
+    env = {
+        **os.environ,
+        "IOTMON_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "IOTMON_DB__DB_SCHEMA": db.db_schema,
+        "IOTMON_MQTT__TOPIC_PREFIX": mq.topic_prefix,
+        "IOTMON_MQTT__CLIENT_ID": mq.client_id,
+        "IOTMON_INGEST__GROUP_ID": f"ingest-{run_id}",
+        "IOTMON_WORKER__APP_ID": f"worker-{run_id}",
+        "IOTMON_WORKER__SILENT_AFTER_S": "3600",
+        "IOTMON_SINK__GROUP_PREFIX": f"sink-{run_id}",
+        "IOTMON_API__PORT": str(api_port),
+        "IOTMON_STACK__STATE_DIR": str(RESULTS / "logs" / run_id),
+        "IOTMON_LOG__LEVEL": "WARNING",
+        **{f"IOTMON_{s}__METRICS_PORT": "0" for s in ("BRIDGE", "INGEST", "WORKER", "SINK")},
+    }
+    logs = RESULTS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in ("sink", "worker", "ingest", "bridge", "api"):
+        with (logs / f"latency-{run_id}-{name}.log").open("ab") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "iotmon", name],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    base_url = f"http://127.0.0.1:{api_port}"
+    alerts = AlertWatcher(settings)
+    poller = RealtimePoller(base_url)
+    publisher: MqttPublisher | None = None
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the API answers and the worker has joined its group
+            try:
+                if httpx.get(base_url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.5)
+        alerts.start()
+        alerts.ready.wait(30)
+        publisher = MqttPublisher(mq)
+        sensor_ids = [s.sensor_id for s in plant]
+        # Warm-up: every sensor once, until each is in the realtime view.
+        for s in sensor_ids:
+            body = {
+                "sensor_id": s,
+                "capture_dt": _iso(time.time()),
+                "temperature": COOL,
+                "humidity": 50.0,
+            }
+            publisher.publish(Message(0.0, s, orjson.dumps(body), ()))
+        deadline = time.monotonic() + 120
+        while len(
+            httpx.get(base_url + "/api/v1/realtime/", timeout=10).json()["measurements"]
+        ) < len(sensor_ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the warm-up readings never reached the realtime view")
+            publisher.drain(0.2)
+        poller.start()
+        alerts.latencies.clear()
+        interval = 1.0 / args.rate
+        started = time.perf_counter()
+        sent = 0
+        total = int(args.rate * args.duration)
+        while sent < total:
+            due = started + sent * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sensor = sensor_ids[sent % len(sensor_ids)]
+            round_ = sent // len(sensor_ids)
+            body = {
+                "sensor_id": sensor,
+                "capture_dt": _iso(time.time()),
+                "temperature": HOT if round_ % 2 else COOL,
+                "humidity": 50.0,
+            }
+            publisher.publish(Message(0.0, sensor, orjson.dumps(body), ()))
+            sent += 1
+            if sent % 200 == 0:
+                publisher.drain(0)
+        achieved = sent / (time.perf_counter() - started)
+        time.sleep(5)  # let the tail through
+    finally:
+        poller.stop.set()
+        alerts.stop.set()
+        if publisher is not None:
+            publisher.close(10)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    baseline = kafka_round_trip(settings)
+    delete_topics(kafka, [topic_name(t, kafka.topic_prefix) for t in TOPICS])
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(db.db_schema)))
+    rows: list[dict[str, Any]] = [
+        {
+            "path": "baseline: Kafka produce -> consume",
+            "samples": len(baseline),
+            **latency_summary(baseline),
+            "target_p99_ms": "",
+        },
+        {
+            "path": "MQTT publish -> alert event on Kafka",
+            "samples": len(alerts.latencies),
+            **latency_summary(alerts.latencies),
+            "target_p99_ms": 250,
+        },
+        {
+            "path": "MQTT publish -> visible in /api/v1/realtime/",
+            "samples": len(poller.latencies),
+            **latency_summary(poller.latencies),
+            "target_p99_ms": 250,
+        },
+    ]
+    for row in rows:
+        target = row["target_p99_ms"]
+        row["meets_target"] = "" if target == "" else ("yes" if row["p99_ms"] <= target else "NO")
+    write_results(
+        "latency",
+        rows,
+        [
+            "path",
+            "samples",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "max_ms",
+            "target_p99_ms",
+            "meets_target",
+        ],
+        extra={
+            "rate_requested": args.rate,
+            "rate_achieved": round(achieved, 1),
+            "duration_s": args.duration,
+            "sensors": args.sensors,
+            "realtime_poll": latency_summary(poller.polls),
+        },
+        plot=("path", "p99_ms", "p99 latency (ms)"),
+    )
+
+
+if __name__ == "__main__":
+    main()
