@@ -325,7 +325,9 @@ async def alerts(
     sensor_id: Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN)] = None,
     loc_id: Annotated[str | None, Query(pattern=LOC_ID_PATTERN)] = None,
     factory: Text = None,
+    building: Text = None,
     alert_type: Metric | None = None,
+    metric: Annotated[Metric | None, Query(description="the same as alert_type")] = None,
     level: Annotated[str | None, Query(pattern="^(warning|critical)$")] = None,
     kind: Annotated[str | None, Query(pattern="^(threshold|sensor_silent)$")] = None,
     last_event_id: LastEventId = None,
@@ -341,15 +343,16 @@ async def alerts(
         for wanted, actual in (
             (sensor_id, event.sensor_id),
             (loc_id, event.loc_id),
-            (alert_type, event.metric),
+            (alert_type or metric, event.metric),
             (level, event.level.value),
             (kind, event.kind.value),
         ):
             if wanted is not None and actual != wanted:
                 return None
         place = await cache.get(event.loc_id)
-        if factory is not None and (place is None or place["factory"] != factory):
-            return None
+        for key, wanted in (("factory", factory), ("building", building)):
+            if wanted is not None and (place is None or place[key] != wanted):
+                return None
         return "alert", {**event.model_dump(mode="json"), "factory": place and place["factory"]}
 
     return await _respond(request, settings, "alerts", last_event_id or last_event_id_query, render)

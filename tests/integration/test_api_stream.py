@@ -123,7 +123,12 @@ def test_alert_stream_resumes_after_last_event_id(base_url: str, kafka: KafkaSet
         client.stream(
             "GET",
             "/api/v1/stream/alerts",
-            params={"last_event_id": seen[-1]["id"], "factory": "JangNim"},
+            params={
+                "last_event_id": seen[-1]["id"],
+                "factory": "JangNim",
+                "building": "JN-A",
+                "metric": "pcv_temperature",
+            },
         ) as response,
     ):
         events = Sse(response)
