@@ -56,6 +56,19 @@ from stream_apps.processing.windows import local_hour
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = ROOT / "infra" / "examples" / "thresholds.yaml"
 METRICS: tuple[Metric, ...] = ("temperature", "humidity", "pcv_temperature")
+_AGG_VALUES = [f"{m}_{part}" for m in METRICS for part in ("count", "sum", "max")]
+_AGG_COLUMNS = sql.SQL(", ").join(
+    sql.Identifier(c) for c in ["sensor_id", "hour_start", "loc_id", "ymd", "hour", *_AGG_VALUES]
+)
+_AGG_COPY = sql.SQL("COPY agg_in ({}) FROM STDIN").format(_AGG_COLUMNS)
+_AGG_UPSERT = sql.SQL(
+    "INSERT INTO hourly_aggregates ({cols}) SELECT {cols} FROM agg_in"
+    " ON CONFLICT (sensor_id, hour_start) DO UPDATE SET ({values}) = ({incoming})"
+).format(
+    cols=_AGG_COLUMNS,
+    values=sql.SQL(", ").join(sql.Identifier(c) for c in _AGG_VALUES),
+    incoming=sql.SQL(", ").join(sql.Identifier("excluded", c) for c in _AGG_VALUES),
+)
 
 
 class Run:
@@ -240,10 +253,11 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
         )
         consumer.subscribe([topic_name("readings_raw", run.kafka.topic_prefix)])
         windows: dict[tuple[str, datetime], list[Any]] = {}
+        touched: set[tuple[str, datetime]] = set()
         stored = flagged = 0
         started = time.perf_counter()
         first_seen: float | None = None
-        with psycopg.connect(run.db.url) as conn:
+        with psycopg.connect(run.db.url, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(run.db.db_schema)))
             while stored < count and time.perf_counter() - started < 900:
                 msgs = consumer.consume(5000, 0.5)
@@ -251,11 +265,11 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
                     continue
                 now = datetime.now(UTC)
                 rows = []
-                for m in msgs:
-                    key = m.key()
+                for msg in msgs:
+                    raw_key = msg.key()
                     for result, _ in validate_payload(
-                        m.value(),
-                        key_sensor_id=key.decode() if key else None,
+                        msg.value(),
+                        key_sensor_id=raw_key.decode() if raw_key else None,
                         lookup=directory.get,
                         limits=limits,
                         now=now,
@@ -273,6 +287,7 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
                             thresholds.evaluate(metric, getattr(r, metric), location).status
                             for metric in METRICS
                         ]
+                        flagged += any(st in (Status.WARNING, Status.CRITICAL) for st in statuses)
                         rows.append(
                             (
                                 r.sensor_id,
@@ -285,20 +300,21 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
                                 r.source,
                             )
                         )
-                        w = windows.get((r.sensor_id, hour_start))
+                        key = (r.sensor_id, hour_start)
+                        w = windows.get(key)
                         if w is None:
-                            w = windows[(r.sensor_id, hour_start)] = [
-                                r.loc_id,
-                                ymd,
-                                hh,
-                                0,
-                                Decimal(0),
-                                None,
-                            ]
-                        w[3] += 1
-                        w[4] += r.temperature
-                        w[5] = r.temperature if w[5] is None else max(w[5], r.temperature)
-                        flagged += any(s in (Status.WARNING, Status.CRITICAL) for s in statuses)
+                            # loc, ymd, hour, then count/sum/max of each metric
+                            w = windows[key] = [r.loc_id, ymd, hh] + [0, Decimal(0), None] * 3
+                        touched.add(key)
+                        for m, metric in enumerate(METRICS):
+                            value = getattr(r, metric)
+                            if value is None:
+                                continue
+                            at = 3 + 3 * m
+                            w[at] += 1
+                            w[at + 1] += value
+                            top = w[at + 2]
+                            w[at + 2] = value if top is None else max(top, value)
                 with conn.transaction(), conn.cursor() as cur:
                     with cur.copy(
                         "COPY readings (sensor_id, capture_dt, loc_id, temperature, humidity,"
@@ -307,25 +323,14 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
                         for row in rows:
                             copy.write_row(row)
                     cur.execute(
-                        "CREATE TEMP TABLE IF NOT EXISTS agg_in (LIKE hourly_aggregates)"
-                        " ON COMMIT DELETE ROWS"
+                        "CREATE TEMP TABLE IF NOT EXISTS agg_in"
+                        " (LIKE hourly_aggregates INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                     )
-                    with cur.copy(
-                        "COPY agg_in (sensor_id, hour_start, loc_id, ymd, hour, temperature_count,"
-                        " temperature_sum, temperature_max) FROM STDIN"
-                    ) as copy:
-                        for (sensor, hour_start), (loc, ymd, hh, n, total, top) in windows.items():
-                            copy.write_row((sensor, hour_start, loc, ymd, hh, n, total, top))
-                    cur.execute(
-                        "INSERT INTO hourly_aggregates (sensor_id, hour_start, loc_id, ymd, hour,"
-                        " temperature_count, temperature_sum, temperature_max)"
-                        " SELECT sensor_id, hour_start, loc_id, ymd, hour, temperature_count,"
-                        " temperature_sum, temperature_max FROM agg_in"
-                        " ON CONFLICT (sensor_id, hour_start) DO UPDATE SET"
-                        " temperature_count = EXCLUDED.temperature_count,"
-                        " temperature_sum = EXCLUDED.temperature_sum,"
-                        " temperature_max = EXCLUDED.temperature_max"
-                    )
+                    with cur.copy(_AGG_COPY) as copy:
+                        for key in touched:
+                            copy.write_row((key[0], key[1], *windows[key]))
+                    cur.execute(_AGG_UPSERT)
+                touched.clear()
                 consumer.commit(asynchronous=False)
                 stored += len(rows)
                 if first_seen is None:

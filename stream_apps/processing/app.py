@@ -286,9 +286,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                         msg.partition, offset, timestamp, old, *load(msg.partition, old)
                     )
                 pstate, states = load(msg.partition, batch)
+            # No flush per record: Faust flushes the producer before it commits offsets, and
+            # outputs lost in a crash after their state was saved are re-sent from the
+            # sensor's outbox when the record is replayed.
             await apply_loaded(msg.partition, msg.offset, msg.timestamp, batch, pstate, states)
-            # The state and the outputs reach Kafka before the next record.
-            await app.producer.flush()
 
     # Every worker ticks the partitions it owns (not "the leader" ticks all: Faust's leader
     # election could leave no worker ticking after a rebalance). Two workers that briefly
