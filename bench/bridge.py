@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,9 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
-from confluent_kafka import Consumer, TopicPartition
-from paho.mqtt.enums import CallbackAPIVersion
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.common import RESULTS, write_results
 from iotmon.settings import KafkaSettings, MqttSettings, Settings
@@ -37,8 +36,10 @@ from producers.simulate_cmd import MqttPublisher, mqtt_topic
 from producers.simulator import Message
 from schemas.topics import TOPICS, topic_name
 
+PUBLISHERS = 4  # publishing processes (one sensor topic each)
 
-def messages(count: int, sensors: int = 1000) -> list[Message]:
+
+def messages(count: int, sensors: int = PUBLISHERS) -> list[Message]:
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     out = []
     for i in range(count):
@@ -49,7 +50,54 @@ def messages(count: int, sensors: int = 1000) -> list[Message]:
 
 
 def publish_all(mqtt_settings: MqttSettings, batch: list[Message]) -> float:
-    """Publish with at most 1,000 in flight; returns seconds until every PUBACK."""
+    """Publish every message at QoS 1; returns seconds until every PUBACK.
+
+    ``mosquitto_pub -l`` (C, one process per sensor topic, 1,000 in flight) when it is
+    installed, so that the publisher is not what is measured; else the simulator's paho
+    publisher."""
+    tool = shutil.which("mosquitto_pub")
+    if tool is None or len(batch) < PUBLISHERS:
+        return publish_python(mqtt_settings, batch)
+    by_sensor: dict[str, list[bytes]] = {}
+    for m in batch:
+        by_sensor.setdefault(m.sensor_id, []).append(m.payload)
+    started = time.perf_counter()
+    procs = []
+    for sensor, payloads in by_sensor.items():
+        proc = subprocess.Popen(
+            [
+                tool,
+                "-h",
+                mqtt_settings.host,
+                "-p",
+                str(mqtt_settings.port),
+                "-q",
+                "1",
+                "-M",
+                "1000",
+                "-l",
+                "-t",
+                mqtt_topic(mqtt_settings, sensor),
+                "-i",
+                f"bench-pub-{uuid.uuid4().hex[:8]}",
+            ],
+            stdin=subprocess.PIPE,
+        )
+        procs.append((proc, b"\n".join(payloads) + b"\n"))
+    writers = [
+        threading.Thread(target=proc.communicate, args=(data,), daemon=True) for proc, data in procs
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(600)
+    failed = [proc.returncode for proc, _ in procs if proc.returncode != 0]
+    if failed:
+        raise RuntimeError(f"mosquitto_pub failed: exit codes {failed}")
+    return time.perf_counter() - started
+
+
+def publish_python(mqtt_settings: MqttSettings, batch: list[Message]) -> float:
     publisher = MqttPublisher(mqtt_settings)
     started = time.perf_counter()
     confirmed = 0
@@ -64,32 +112,37 @@ def publish_all(mqtt_settings: MqttSettings, batch: list[Message]) -> float:
 
 
 def baseline(settings: Settings, batch: list[Message]) -> dict[str, Any]:
+    """Mosquitto alone: ``mosquitto_sub`` (C, QoS 1) counts what arrives."""
     mq = settings.mqtt.model_copy(update={"topic_prefix": f"bench/{uuid.uuid4().hex[:8]}/"})
-    received = 0
-    done = threading.Event()
-    subscribed = threading.Event()
-
-    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        nonlocal received
-        received += 1
-        if received >= len(batch):
-            done.set()
-
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:6]}")
-    sub.on_message = on_message
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.connect(mq.host, mq.port)
-    sub.loop_start()
-    sub.subscribe(mqtt_topic(mq, "+"), qos=1)
-    subscribed.wait(10)
+    tool = shutil.which("mosquitto_sub")
+    if tool is None:
+        raise RuntimeError("mosquitto_sub (mosquitto-clients) is needed for the baseline")
+    sub = subprocess.Popen(
+        [
+            tool,
+            "-h",
+            mq.host,
+            "-p",
+            str(mq.port),
+            "-q",
+            "1",
+            "-t",
+            mqtt_topic(mq, "+"),
+            "-C",
+            str(len(batch)),
+            "-i",
+            f"bench-sub-{uuid.uuid4().hex[:6]}",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    time.sleep(1.0)  # mosquitto_sub has subscribed
     started = time.perf_counter()
     publish_s = publish_all(mq, batch)
-    done.wait(300)
+    out, _ = sub.communicate(timeout=300)
     elapsed = time.perf_counter() - started
-    sub.disconnect()
-    sub.loop_stop()
+    received = out.count(b"\n")
     return {
-        "run": "baseline: Mosquitto alone (QoS 1 subscriber, no Kafka)",
+        "run": "baseline: Mosquitto alone (mosquitto_sub, QoS 1, no Kafka)",
         "messages": len(batch),
         "arrived": received,
         "seconds": round(elapsed, 2),
@@ -107,7 +160,14 @@ def raw_count(kafka: KafkaSettings) -> int:
         meta = consumer.list_topics(name, timeout=10).topics[name]
         total = 0
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+            for attempt in range(50):  # leaders of a new topic take a moment
+                try:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                    break
+                except KafkaException:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.2)
             total += high - low
         return total
     finally:

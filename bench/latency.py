@@ -8,8 +8,8 @@ sink, API), on a fresh topic prefix and database schema.  The temperature thresh
 hold or clear duration, so that every reading that crosses it raises or resolves an alert at
 once.  Each reading carries its publish time as ``capture_dt``.  Latency (a) is the time the
 alert event is read from Kafka minus that time.  Latency (b) is the time a poller (one HTTP
-client polling the full realtime view back to back) first sees that ``capture_dt``, minus
-that time.  So (b) includes up to one poll interval (reported), and the realtime cache
+client polling ten sample locations round robin) first sees that ``capture_dt``, minus that
+time.  So (b) includes up to one round of polls (reported), and the realtime cache
 (``IOTMON_API__REALTIME_CACHE_S``, at its default).  Every clock is this machine's.
 
 The same run also times the consumer side alone as the baseline: a raw Kafka round trip,
@@ -88,11 +88,14 @@ class AlertWatcher(threading.Thread):
 
 
 class RealtimePoller(threading.Thread):
-    """Polls ``/api/v1/realtime/`` back to back; latency of each newly seen reading."""
+    """Polls ``/api/v1/realtime/loc_id/{loc}`` for a sample of locations, round robin and
+    back to back; latency of each newly seen reading of those sensors.  (Polling the whole
+    view of thousands of sensors would take the cores from the pipeline being measured.)"""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, loc_ids: list[str]) -> None:
         super().__init__(daemon=True)
         self.base = base
+        self.loc_ids = loc_ids
         self.latencies: list[float] = []
         self.polls: list[float] = []
         self.stop = threading.Event()
@@ -100,9 +103,12 @@ class RealtimePoller(threading.Thread):
 
     def run(self) -> None:
         with httpx.Client(base_url=self.base, timeout=10) as client:
+            n = 0
             while not self.stop.is_set():
+                loc = self.loc_ids[n % len(self.loc_ids)]
+                n += 1
                 started = time.time()
-                body = client.get("/api/v1/realtime/").json()
+                body = client.get(f"/api/v1/realtime/loc_id/{loc}").json()
                 now = time.time()
                 self.polls.append(now - started)
                 for m in body["measurements"]:
@@ -142,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="readings per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
-    parser.add_argument("--sensors", type=int, default=200)
+    parser.add_argument("--sensors", type=int, default=2000)  # 1 reading/s each at 2,000/s
     args = parser.parse_args()
 
     run_id = uuid.uuid4().hex[:8]
@@ -202,7 +208,8 @@ def main() -> None:
             )
     base_url = f"http://127.0.0.1:{api_port}"
     alerts = AlertWatcher(settings)
-    poller = RealtimePoller(base_url)
+    sample = [s.location.loc_id for s in plant][:: max(1, len(plant) // 10)][:10]
+    poller = RealtimePoller(base_url, sample)
     publisher: MqttPublisher | None = None
     try:
         deadline = time.monotonic() + 90
@@ -318,6 +325,7 @@ def main() -> None:
             "duration_s": args.duration,
             "sensors": args.sensors,
             "realtime_poll": latency_summary(poller.polls),
+            "realtime_sample_locations": len(sample),
         },
         plot=("path", "p99_ms", "p99 latency (ms)"),
     )

@@ -99,6 +99,7 @@ class WorkerSettings(BaseModel):
     idle_close_s: float = Field(30.0, gt=0)  # a quiet partition closes hours by wall clock
     silent_after_s: float = Field(300.0, gt=0)  # sensor-silent alert after this long
     outbox_keep_s: float = Field(600.0, gt=0)
+    flush_interval_s: float = Field(0.05, ge=0)  # outputs reach Kafka at least this often
     session_timeout_s: float = Field(6.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)
     metrics_port: int = 9104
