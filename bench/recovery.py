@@ -140,6 +140,11 @@ class Worker:
             self.proc.kill()
 
 
+def group_of(settings: Settings, app_id: str) -> str:
+    """The worker's consumer group: its app id, behind the deployment's topic prefix."""
+    return settings.kafka.topic_prefix + app_id
+
+
 def wait_lag_zero(kafka: KafkaSettings, group: str, timeout: float, worker: Worker) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -181,7 +186,11 @@ def teardown(settings: Settings) -> None:
     kafka = settings.kafka
     names = [topic_name(t, kafka.topic_prefix) for t in TOPICS]
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    names += [t for t in admin.list_topics(timeout=10).topics if t.startswith("worker-rec-")]
+    names += [
+        t
+        for t in admin.list_topics(timeout=10).topics
+        if t.startswith(kafka.topic_prefix) and t not in names
+    ]
     delete_topics(kafka, names)
     with psycopg.connect(settings.db.url, autocommit=True) as conn:
         conn.execute(
@@ -206,7 +215,7 @@ def main() -> None:
         worker = Worker(env_for(settings, app, logs / run_id), logs / f"recovery-{run_id}-cold.log")
         # An empty topic: lag 0 as soon as the group has positions; wait for the join.
         send(settings.kafka, readings([("TEMPIOT-PROBE", "PROBE")], datetime.now(UTC), 1))
-        wait_lag_zero(settings.kafka, app, 120, worker)
+        wait_lag_zero(settings.kafka, group_of(settings, app), 120, worker)
         cold = time.perf_counter() - started
         worker.stop()
     finally:
@@ -220,12 +229,12 @@ def main() -> None:
     try:
         worker = Worker(env, logs / f"recovery-{run_id}-first.log")
         send(settings.kafka, hour)
-        fill = wait_lag_zero(settings.kafka, app, 900, worker)
+        fill = wait_lag_zero(settings.kafka, group_of(settings, app), 900, worker)
         worker.kill()
         send(settings.kafka, readings(sensors, now - timedelta(seconds=50), 0.2))
         started = time.perf_counter()
         worker = Worker(env, logs / f"recovery-{run_id}-restart.log")
-        recovery = wait_lag_zero(settings.kafka, app, 600, worker)
+        recovery = wait_lag_zero(settings.kafka, group_of(settings, app), 600, worker)
         worker.stop()
     finally:
         teardown(settings)
