@@ -307,7 +307,7 @@ def main() -> None:
         target = row["target_p99_ms"]
         row["meets_target"] = "" if target == "" else ("yes" if row["p99_ms"] <= target else "NO")
     write_results(
-        "latency",
+        f"latency-{args.rate:g}",
         rows,
         [
             "path",

@@ -153,10 +153,17 @@ class IngestProcessor:
                 self.metrics.batches.inc()
         self._confirm()
         if offsets:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
-            )
+            try:
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                # The broker restarted or moved the group's coordinator (NOT_COORDINATOR),
+                # or the partitions went to another member.  Everything produced was
+                # confirmed, so nothing is lost: these records are read again and validated
+                # again, and every stage downstream stores a reading once.
+                log.warning("ingest: offsets not committed (%s); they will be re-read", exc)
         return consumed
 
     def _validate(self, msg: Message, now: datetime, out: dict[int, list[Reading]]) -> None:

@@ -1,0 +1,137 @@
+"""Drill: restart Mosquitto, restart the Kafka broker, and stop PostgreSQL for 30 s, while
+gateways publish. The path is simulator -> Mosquitto -> bridge -> Kafka -> ingest ->
+readings sink -> PostgreSQL, with every stage a real process. Every reading that the broker
+acknowledged must end in the database exactly once.
+
+This drill restarts the services of the local stack (`iotmon stack`), so it needs the stack
+that the test run manages.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from iotmon.settings import DatabaseSettings, KafkaSettings, MqttSettings, Settings
+from iotmon.stack import Stack
+from producers.masterdata import import_master_data
+from producers.simulate_cmd import Delivery, MqttPublisher, SimulationResult, run_simulation
+from producers.simulator import build_plan, master_data
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RATE_INTERVAL_S = 0.2  # 40 sensors, one reading each every 0.2 s: 200 readings/s
+SENSORS = 40
+
+
+def stored(db: DatabaseSettings) -> list[tuple[str, datetime]]:
+    with psycopg.connect(db.url, connect_timeout=3) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        return [(s, c) for s, c in conn.execute("SELECT sensor_id, capture_dt FROM readings")]
+
+
+def test_service_restarts_lose_nothing(
+    stack: Settings,
+    kafka: KafkaSettings,
+    mqtt: MqttSettings,
+    db: DatabaseSettings,
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    if not stack.stack.manage_postgres:
+        pytest.fail("this drill restarts PostgreSQL: run it on the stack `iotmon stack` manages")
+    services = Stack(stack)
+    plan = build_plan(
+        SENSORS,
+        start=datetime.now(UTC) - timedelta(minutes=30),
+        interval_s=RATE_INTERVAL_S,
+        seed=21,
+    )
+    import_master_data(db, kafka, master_data(plan.sensors))
+    env = {
+        **os.environ,
+        "IOTMON_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
+        "IOTMON_DB__DB_SCHEMA": db.db_schema,
+        "IOTMON_MQTT__TOPIC_PREFIX": mqtt.topic_prefix,
+        "IOTMON_MQTT__CLIENT_ID": mqtt.client_id,
+        "IOTMON_INGEST__GROUP_ID": f"{group_id}-ingest",
+        "IOTMON_SINK__GROUP_PREFIX": f"{group_id}-sink",
+        "IOTMON_SINK__MAX_BACKOFF_S": "1",
+        **{f"IOTMON_{s}__METRICS_PORT": "0" for s in ("BRIDGE", "INGEST", "SINK")},
+    }
+    procs = []
+    for name, args in (
+        ("bridge", ["bridge"]),
+        ("ingest", ["ingest"]),
+        ("sink", ["sink", "--only", "readings"]),
+    ):
+        with (tmp_path / f"{name}.log").open("ab") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "iotmon", *args],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    delivered: list[Delivery] = []
+    result: list[SimulationResult] = []
+    total = int(SENSORS / RATE_INTERVAL_S * 75)  # 75 s of publishing
+    simulator = threading.Thread(
+        target=lambda: result.append(
+            run_simulation(plan, MqttPublisher(mqtt), count=total, on_published=delivered.append)
+        ),
+        daemon=True,
+    )
+    try:
+        time.sleep(3)  # the bridge subscribes
+        simulator.start()
+        time.sleep(5)
+        services.mosquitto.down()  # gateways and the bridge lose their broker
+        time.sleep(2)
+        services.mosquitto.up()
+        time.sleep(8)
+        services.kafka.down()  # the bridge, ingest and the sink lose Kafka
+        services.kafka.up()
+        time.sleep(8)
+        services.postgres.down()  # the sink loses the database for 30 s
+        time.sleep(30)
+        services.postgres.up()
+        simulator.join(180)
+        assert result, "the simulator did not finish"
+        confirmed = {
+            (r.sensor_id, r.capture_dt)
+            for d in delivered
+            if d.error is None
+            for r in d.message.readings
+        }
+        assert len(confirmed) > total * 0.5, "most readings must have been acknowledged"
+
+        def all_arrived() -> bool:
+            try:
+                return confirmed <= set(stored(db))
+            except psycopg.OperationalError:
+                return False
+
+        wait_for(all_arrived, timeout=240, what=f"{len(confirmed)} acknowledged readings stored")
+        rows = stored(db)
+        assert len(rows) == len(set(rows)), "a reading was stored twice"
+        assert all(p.poll() is None for p in procs), "a stage died on the way"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        services.up()  # whatever happened, later tests get their stack back
