@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 IOTMON := $(BIN)/iotmon
 
-.PHONY: install system-deps up down status test test-unit check demo clean bench-tools bench-api bench-throughput
+.PHONY: install system-deps up down status test test-unit check demo clean bench-tools bench bench-api bench-throughput
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,11 @@ bench-api: up bench-tools
 
 bench-throughput: up bench-tools
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
+
+bench: up bench-tools
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.latency --rate 500 --sensors 500
+	$(BIN)/python -m bench.bridge
+	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.api_load --reuse
