@@ -65,4 +65,5 @@ bench: up bench-tools
 	$(BIN)/python -m bench.latency --rate 500 --sensors 500
 	$(BIN)/python -m bench.bridge
 	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.burst
 	$(BIN)/python -m bench.api_load --reuse
