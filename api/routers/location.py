@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AppSettings, CanOperate, CanRead, Conn
+from api.filters import equal
 from producers.masterdata import (
     MasterData,
     MasterDataError,
@@ -134,17 +135,9 @@ async def list_locations(
     floor: Annotated[int | None, Query(ge=-100, le=500)] = None,
     area: Annotated[str | None, Query(max_length=100)] = None,
 ) -> list[SensorLocation]:
-    conditions: list[sql.Composable] = [sql.SQL("true")]
-    params: list[Any] = []
-    for column, value in (
-        ("factory", factory),
-        ("building", building),
-        ("floor", floor),
-        ("area", area),
-    ):
-        if value is not None:
-            conditions.append(sql.SQL("{} = %s").format(sql.Identifier("l", column)))
-            params.append(value)
+    conditions, params = equal(
+        {"factory": factory, "building": building, "floor": floor, "area": area}, "l"
+    )
     return await _rows(conn, sql.SQL(" AND ").join(conditions), tuple(params), skip, limit)
 
 

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from api.deps import CanOperate, CanRead, Conn
+from api.filters import equal
 from schemas.common import Metric
 from schemas.master import SENSOR_ID_PATTERN
 
@@ -152,17 +153,14 @@ async def list_subscriptions(
     factory: Annotated[str | None, Query(max_length=100)] = None,
     enabled: bool | None = None,
 ) -> list[Subscription]:
-    conditions: list[sql.Composable] = [sql.SQL("true")]
-    params: list[Any] = []
-    for column, value in (
-        ("subscriber", subscriber),
-        ("notify_type", notify_type),
-        ("factory", factory),
-        ("enabled", enabled),
-    ):
-        if value is not None:
-            conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(value)
+    conditions, params = equal(
+        {
+            "subscriber": subscriber,
+            "notify_type": notify_type,
+            "factory": factory,
+            "enabled": enabled,
+        }
+    )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             sql.SQL(
@@ -260,16 +258,9 @@ async def notifications(
     status: NotificationStatus | None = None,
 ) -> list[Notification]:
     """The notification log, newest first."""
-    conditions: list[sql.Composable] = [sql.SQL("true")]
-    params: list[Any] = []
-    for column, value in (
-        ("alert_id", alert_id),
-        ("subscription_id", subscription_id),
-        ("status", status),
-    ):
-        if value is not None:
-            conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(value)
+    conditions, params = equal(
+        {"alert_id": alert_id, "subscription_id": subscription_id, "status": status}
+    )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             sql.SQL(
