@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from psycopg import sql
 
 from bench.common import RESULTS, latency_summary, write_results
@@ -43,7 +43,7 @@ from producers.masterdata import import_master_data
 from producers.simulate_cmd import MqttPublisher
 from producers.simulator import Message, build_plant, master_data
 from producers.thresholds import import_thresholds
-from schemas.topics import TOPICS, topic_name
+from schemas.topics import TOPICS, TopicId, topic_name
 
 HOT, COOL = 36.0, 25.0  # the threshold is 35.00 (warning), no hold, no clear delay
 
@@ -84,6 +84,46 @@ class AlertWatcher(threading.Thread):
                 event = orjson.loads(value)
                 if event.get("reading_time") and event["transition"] in ("raised", "resolved"):
                     self.latencies.append(now - _parse(event["reading_time"]))
+        consumer.close()
+
+
+class StageWatcher(threading.Thread):
+    """Reads a topic between the stages; for every reading in it, the record's timestamp
+    (when the stage before produced it) minus the reading's publish time.  This splits the
+    end-to-end latency by stage."""
+
+    def __init__(self, settings: Settings, topic: TopicId) -> None:
+        super().__init__(daemon=True)
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self._settings = settings
+        self._topic = topic
+
+    def captures(self, value: bytes) -> list[str]:
+        body = orjson.loads(value)
+        if self._topic == "readings":
+            return [r["capture_dt"] for r in body.get("readings") or ()]
+        if self._topic == "alerts":
+            return [body["reading_time"]] if body.get("reading_time") else []
+        return [body["capture_dt"]]
+
+    def run(self) -> None:
+        kafka = self._settings.kafka
+        name = topic_name(self._topic, kafka.topic_prefix)
+        consumer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}"}
+        )
+        meta = consumer.list_topics(name, timeout=10).topics[name]
+        consumer.assign([TopicPartition(name, p, OFFSET_END) for p in meta.partitions])
+        self.ready.set()
+        while not self.stop.is_set():
+            for msg in consumer.consume(500, 0.05):
+                value = msg.value()
+                if msg.error() or value is None:
+                    continue
+                produced = msg.timestamp()[1] / 1000
+                self.latencies.extend(produced - _parse(c) for c in self.captures(value))
         consumer.close()
 
 
@@ -208,6 +248,12 @@ def main() -> None:
             )
     base_url = f"http://127.0.0.1:{api_port}"
     alerts = AlertWatcher(settings)
+    stages = {
+        "stage: publish -> on the raw topic (bridge)": StageWatcher(settings, "readings_raw"),
+        "stage: publish -> validated batch produced (+ ingest)": StageWatcher(settings, "readings"),
+        "stage: publish -> alert event produced (+ worker)": StageWatcher(settings, "alerts"),
+    }
+    watchers: list[AlertWatcher | StageWatcher] = [alerts, *stages.values()]
     sample = [s.location.loc_id for s in plant][:: max(1, len(plant) // 10)][:10]
     poller = RealtimePoller(base_url, sample)
     publisher: MqttPublisher | None = None
@@ -222,8 +268,9 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not start")
             time.sleep(0.5)
-        alerts.start()
-        alerts.ready.wait(30)
+        for watcher in watchers:
+            watcher.start()
+            watcher.ready.wait(30)
         publisher = MqttPublisher(mq)
         sensor_ids = [s.sensor_id for s in plant]
         # Warm-up: every sensor once, until each is in the realtime view.
@@ -243,7 +290,8 @@ def main() -> None:
                 raise RuntimeError("the warm-up readings never reached the realtime view")
             publisher.drain(0.2)
         poller.start()
-        alerts.latencies.clear()
+        for watcher in watchers:
+            watcher.latencies.clear()
         interval = 1.0 / args.rate
         started = time.perf_counter()
         sent = 0
@@ -269,7 +317,8 @@ def main() -> None:
         time.sleep(5)  # let the tail through
     finally:
         poller.stop.set()
-        alerts.stop.set()
+        for watcher in watchers:
+            watcher.stop.set()
         if publisher is not None:
             publisher.close(10)
         for p in procs:
@@ -302,6 +351,11 @@ def main() -> None:
             **latency_summary(poller.latencies),
             "target_p99_ms": 250,
         },
+    ]
+    rows[1:1] = [
+        {"path": path, "samples": len(w.latencies), **latency_summary(w.latencies)}
+        | {"target_p99_ms": ""}
+        for path, w in stages.items()
     ]
     for row in rows:
         target = row["target_p99_ms"]
