@@ -85,6 +85,7 @@ class IngestSettings(BaseModel):
     max_batch_readings: int = Field(500, ge=1)
     poll_max_messages: int = Field(5000, ge=1)
     poll_timeout_s: float = Field(0.1, gt=0)
+    poll_linger_s: float = Field(0.01, ge=0)  # after the first record, wait this long for more
     metrics_port: int = 9101
 
 
@@ -114,6 +115,7 @@ class SinkSettings(BaseModel):
     max_backoff_s: float = Field(5.0, gt=0)
     metrics_port: int = 9103
 
+    poll_linger_s: float = Field(0.02, ge=0)  # after the first record, wait this long for more
 
 class BridgeSettings(BaseModel):
     metrics_port: int = 9102

@@ -67,6 +67,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
         max_batch_readings=settings.ingest.max_batch_readings,
         poll_max_messages=settings.ingest.poll_max_messages,
         poll_timeout_s=settings.ingest.poll_timeout_s,
+        poll_linger_s=settings.ingest.poll_linger_s,
         registrar=register if settings.ingest.auto_register else None,
     )
 

@@ -32,6 +32,7 @@ from schemas.readings import (
 )
 from stream_apps.common.directory import SensorDirectory
 from stream_apps.common.partitioning import partition_for
+from stream_apps.common.polling import poll_batch
 from stream_apps.ingest.validate import Accepted, Limits, Rejection, validate_payload
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class IngestProcessor:
         max_batch_readings: int = 500,
         poll_max_messages: int = 5000,
         poll_timeout_s: float = 0.1,
+        poll_linger_s: float = 0.01,
         registrar: Registrar | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -111,6 +113,7 @@ class IngestProcessor:
         self.max_batch = max_batch_readings
         self.poll_max = poll_max_messages
         self.poll_timeout = poll_timeout_s
+        self.poll_linger = poll_linger_s
         self.registrar = registrar
         self.clock = clock
         self.partitions = self._partition_count(topics.readings)
@@ -125,7 +128,7 @@ class IngestProcessor:
 
     def step(self) -> int:
         """Consume one poll's worth, write its results, commit; returns records consumed."""
-        messages = self.consumer.consume(self.poll_max, self.poll_timeout)
+        messages = poll_batch(self.consumer, self.poll_max, self.poll_timeout, self.poll_linger)
         self.directory.refresh()
         if not messages:
             return 0

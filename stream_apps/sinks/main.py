@@ -48,6 +48,7 @@ def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any
         metrics,
         poll_max_messages=settings.sink.poll_max_messages,
         poll_timeout_s=settings.sink.poll_timeout_s,
+        poll_linger_s=settings.sink.poll_linger_s,
         max_backoff_s=settings.sink.max_backoff_s,
     )
 

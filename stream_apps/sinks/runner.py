@@ -25,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg import sql
 from pydantic import BaseModel, ValidationError
 
+from stream_apps.common.polling import poll_batch
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
@@ -81,6 +83,7 @@ class SinkRunner(Generic[M]):
         *,
         poll_max_messages: int = 2000,
         poll_timeout_s: float = 0.2,
+        poll_linger_s: float = 0.02,
         max_backoff_s: float = 5.0,
     ) -> None:
         self.consumer = consumer
@@ -91,6 +94,7 @@ class SinkRunner(Generic[M]):
         self.metrics = metrics
         self.poll_max = poll_max_messages
         self.poll_timeout = poll_timeout_s
+        self.poll_linger = poll_linger_s
         self.max_backoff = max_backoff_s
         self._conn: psycopg.Connection[Any] | None = None
         consumer.subscribe([topic])
@@ -159,9 +163,8 @@ class SinkRunner(Generic[M]):
 
     def step(self, stop: threading.Event) -> int:
         """One poll: decode, write, commit. Returns records consumed."""
-        messages = [
-            m for m in self.consumer.consume(self.poll_max, self.poll_timeout) if m.error() is None
-        ]
+        polled = poll_batch(self.consumer, self.poll_max, self.poll_timeout, self.poll_linger)
+        messages = [m for m in polled if m.error() is None]
         if not messages:
             return 0
         records = self._decode(messages)
