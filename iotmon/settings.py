@@ -101,6 +101,9 @@ class WorkerSettings(BaseModel):
     silent_after_s: float = Field(300.0, gt=0)  # sensor-silent alert after this long
     outbox_keep_s: float = Field(600.0, gt=0)
     flush_interval_s: float = Field(0.05, ge=0)  # outputs reach Kafka at least this often
+    batch_max_records: int = Field(200, ge=1)  # input records applied before one write
+    batch_wait_s: float = Field(0.01, gt=0)  # longest wait for a batch to fill
+    fetch_max_wait_ms: int = Field(100, ge=1)  # the broker holds an empty fetch this long
     session_timeout_s: float = Field(6.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)
     metrics_port: int = 9104
@@ -112,10 +115,10 @@ class SinkSettings(BaseModel):
     group_prefix: str = "iotmon-sink"
     poll_max_messages: int = Field(2000, ge=1)
     poll_timeout_s: float = Field(0.2, gt=0)
+    poll_linger_s: float = Field(0.02, ge=0)  # after the first record, wait this long for more
     max_backoff_s: float = Field(5.0, gt=0)
     metrics_port: int = 9103
 
-    poll_linger_s: float = Field(0.02, ge=0)  # after the first record, wait this long for more
 
 class BridgeSettings(BaseModel):
     metrics_port: int = 9102

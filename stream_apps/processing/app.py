@@ -25,6 +25,8 @@ from iotmon.settings import Settings
 from schemas.readings import ReadingBatch
 from schemas.topics import TopicId, topic_name
 from stream_apps.common.directory import SensorDirectory, ThresholdDirectory
+from stream_apps.common.partitioning import partition_for
+from stream_apps.processing.batches import BatchSender
 from stream_apps.processing.engine import (
     Context,
     Outputs,
@@ -34,6 +36,8 @@ from stream_apps.processing.engine import (
     apply_tick,
 )
 from stream_apps.processing.rules import ThresholdIndex
+from stream_apps.processing.state_store import StateStore
+from stream_apps.processing.transport import install as install_transport
 from stream_apps.processing.windows import WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -113,12 +117,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         table_standby_replicas=0,
         table_key_serializer="raw",
         table_value_serializer="raw",
+        # Outputs go out as one record batch per topic partition and input record
+        # (stream_apps/processing/batches.py); below the brokers' 1 MB message limit.
+        producer_max_batch_size=512 * 1024,
         datadir=str(settings.stack.state_dir / "worker" / f"{kafka.topic_prefix}{w.app_id}"),
     )
+    install_transport(app, w.fetch_max_wait_ms)
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     readings = app.topic(topic_name("readings", kafka.topic_prefix), partitions=partitions, **raw)
     out_ids: tuple[TopicId, ...] = ("aggregates_hourly", "alerts", "latest", "readings_late")
-    out = {name: app.topic(topic_name(name, kafka.topic_prefix), **raw) for name in out_ids}
+    out_names = {name: topic_name(name, kafka.topic_prefix) for name in out_ids}
     # Values are our own JSON (pydantic), stored as bytes.
     sensor_table = app.Table(
         "sensor-state", partitions=partitions, key_type=bytes, value_type=bytes
@@ -142,39 +150,48 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             )
         return views[0]
 
-    async def send(outputs: Outputs, partition: int) -> None:
+    senders: list[BatchSender] = []
+
+    def sender() -> BatchSender:
+        if not senders:  # Faust's own producer, so that its flush before a commit covers us
+            senders.append(BatchSender(app.producer._ensure_producer()))  # type: ignore[attr-defined]
+        return senders[0]
+
+    def add(name: TopicId, key: str, value: bytes) -> None:
+        sender().add(out_names[name], partition_for(key, partitions), key.encode(), value)
+
+    def queue(outputs: Outputs, partition: int) -> None:
         for agg in outputs.aggregates:
             if agg.is_final:
                 metrics.finals.inc()
-            await out["aggregates_hourly"].send(
-                key=agg.sensor_id.encode(), value=agg.model_dump_json().encode()
-            )
+            add("aggregates_hourly", agg.sensor_id, agg.model_dump_json().encode())
         for event in outputs.alerts:
             metrics.alert_events.labels(event.transition.value).inc()
-            await out["alerts"].send(
-                key=event.sensor_id.encode(), value=event.model_dump_json().encode()
-            )
+            add("alerts", event.sensor_id, event.model_dump_json().encode())
         for status in outputs.latest:
-            await out["latest"].send(
-                key=status.sensor_id.encode(), value=status.model_dump_json().encode()
-            )
+            add("latest", status.sensor_id, status.model_dump_json().encode())
         if outputs.late:
             metrics.late.inc(len(outputs.late))
-            await out["readings_late"].send(
-                value=ReadingBatch(readings=outputs.late).model_dump_json().encode(),
-                partition=partition,
+            sender().add(
+                out_names["readings_late"],
+                partition,
+                None,
+                ReadingBatch(readings=outputs.late).model_dump_json().encode(),
             )
+
+    states_store = StateStore()
 
     def load(partition: int, batch: ReadingBatch) -> tuple[PartitionState, dict[str, SensorState]]:
         """The partition state and the stored states of the sensors ``batch`` involves."""
-        stored = partition_table.get(str(partition).encode())
-        pstate = PartitionState.model_validate_json(stored) if stored else PartitionState()
+        pstate = states_store.get(partition_table, str(partition).encode(), PartitionState)
+        if pstate is None:
+            pstate = PartitionState()
         sensors = set(pstate.sensors) if batch.tick_at else {r.sensor_id for r in batch.readings}
         states: dict[str, SensorState] = {}
         for sid in sensors:
-            raw_state = sensor_table.get(sid.encode())
-            if raw_state:
-                states[sid] = SensorState.model_validate_json(raw_state)
+            state = states_store.get(sensor_table, sid.encode(), SensorState)
+            if state is not None:
+                states[sid] = state
         return pstate, states
 
     def stale_from(
@@ -199,7 +216,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 candidates.append(have + 1)
         return min(candidates) if candidates else None
 
-    async def apply_loaded(
+    def apply_loaded(
         partition: int,
         offset: int,
         timestamp: float,
@@ -207,6 +224,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         pstate: PartitionState,
         states: dict[str, SensorState],
     ) -> None:
+        """Apply one record to the loaded states; the changed states and the outputs are
+        queued, and written by :func:`write` after the whole batch of records."""
         v = load_views()
         v.refresh()
 
@@ -222,6 +241,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             idle_after=timedelta(seconds=w.idle_close_s),
             outbox_keep=timedelta(seconds=w.outbox_keep_s),
             now=datetime.now(UTC),
+            replay_from=committed(partition),
         )
         if batch.tick_at is not None:
             metrics.records.labels("tick").inc()
@@ -233,13 +253,49 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             outputs = apply_batch(pstate, states, batch.readings, offset, record_time, ctx)
         for sid, state in states.items():
             if state.last_offset == offset:
-                sensor_table[sid.encode()] = state.model_dump_json().encode()
+                states_store.put(sensor_table, partition, sid.encode(), state)
                 pstate.sensor_offsets[sid] = offset
             elif batch.tick_at is None:
                 metrics.replayed.inc()
         pstate.last_offset = max(pstate.last_offset, offset)
-        partition_table[str(partition).encode()] = pstate.model_dump_json().encode()
-        await send(outputs, partition)
+        states_store.put(partition_table, partition, str(partition).encode(), pstate)
+        queue(outputs, partition)
+
+    async def write() -> None:
+        """The changed states (changelog) and the outputs of the records applied so far, as
+        one record batch per topic partition."""
+        states_store.write(sender())
+        await sender().send()
+
+    def apply_record(partition: int, offset: int, timestamp: float, value: bytes) -> None:
+        batch = ReadingBatch.model_validate_json(value)
+        pstate, states = load(partition, batch)
+        start = stale_from(pstate, states, batch, offset)
+        if start is not None and start < offset:
+            missing = read_range(partition, start, offset)
+            metrics.gaps.inc()
+            log.warning(
+                "partition %d: state restored older than offset %d; re-applying"
+                " %d records from offset %d",
+                partition,
+                offset,
+                len(missing),
+                start,
+            )
+            for old_offset, old_timestamp, old_value in missing:
+                old = ReadingBatch.model_validate_json(old_value)
+                apply_loaded(partition, old_offset, old_timestamp, old, *load(partition, old))
+            pstate, states = load(partition, batch)
+        apply_loaded(partition, offset, timestamp, batch, pstate, states)
+
+    def committed(partition: int) -> int | None:
+        """The offset this worker last committed for a readings partition (Faust's monitor
+        records every commit); None before its first commit."""
+        offsets = app.monitor.tp_committed_offsets
+        for tp, offset in offsets.items():
+            if tp.topic == readings_name and tp.partition == partition:
+                return int(offset)
+        return None
 
     def read_range(partition: int, start: int, end: int) -> list[tuple[int, float, bytes]]:
         """Records ``start`` .. ``end - 1`` of a readings partition, straight from Kafka."""
@@ -266,29 +322,19 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.agent(readings, name="process-readings")
     async def process(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            batch = ReadingBatch.model_validate_json(event.value)
-            pstate, states = load(msg.partition, batch)
-            start = stale_from(pstate, states, batch, msg.offset)
-            if start is not None and start < msg.offset:
-                missing = read_range(msg.partition, start, msg.offset)
-                metrics.gaps.inc()
-                log.warning(
-                    "partition %d: state restored older than offset %d; re-applying"
-                    " %d records from offset %d",
-                    msg.partition,
-                    msg.offset,
-                    len(missing),
-                    start,
-                )
-                for offset, timestamp, value in missing:
-                    old = ReadingBatch.model_validate_json(value)
-                    await apply_loaded(
-                        msg.partition, offset, timestamp, old, *load(msg.partition, old)
-                    )
-                pstate, states = load(msg.partition, batch)
-            await apply_loaded(msg.partition, msg.offset, msg.timestamp, batch, pstate, states)
+        # Up to batch_max_records records at a time, waiting at most batch_wait_s for them
+        # (Faust acknowledges them only after this loop's body): the per-record costs
+        # (a state written back, a record batch per output topic) are paid once per batch.
+        take = stream.take_events  # type: ignore[attr-defined]  # not in StreamT's stubs
+        async for events in take(w.batch_max_records, w.batch_wait_s):
+            try:
+                for event in events:
+                    msg = event.message
+                    apply_record(msg.partition, msg.offset, msg.timestamp, event.value)
+                await write()
+            except BaseException:
+                states_store.drop()  # cached states may be half updated
+                raise
             # Correctness needs no flush here: Faust flushes the producer before it commits
             # offsets, and outputs lost in a crash after their state was saved are re-sent
             # from the sensor's outbox on replay.  Latency does: left to the commit timer,

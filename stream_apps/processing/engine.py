@@ -87,6 +87,9 @@ class Context:
     idle_after: timedelta
     outbox_keep: timedelta
     now: datetime  # wall clock: decided_at of alert events, updated_at of aggregates
+    # The partition's committed offset, if known: records before it are never delivered
+    # again, so their outbox entries can go (long before ``outbox_keep``).
+    replay_from: int | None = None
 
 
 def _zone(ctx: Context, location: Location | None) -> str:
@@ -96,13 +99,19 @@ def _zone(ctx: Context, location: Location | None) -> str:
 def _record(
     state: SensorState,
     offset: int,
-    now: datetime,
+    ctx: Context,
     aggregates: list[HourlyAggregate],
     alerts: list[AlertEvent],
 ) -> None:
+    """Keep this record's outputs for a replay, and drop what no replay can ask for.
+
+    Without the pruning by committed offset, a sensor raising an event per reading carried
+    ``outbox_keep`` worth of events in its state, re-serialised on every record."""
+    if ctx.replay_from is not None and state.outbox:
+        state.outbox = [e for e in state.outbox if e.offset >= ctx.replay_from]
     if aggregates or alerts:
         state.outbox.append(
-            OutboxEntry(offset=offset, created=now, aggregates=aggregates, alerts=alerts)
+            OutboxEntry(offset=offset, created=ctx.now, aggregates=aggregates, alerts=alerts)
         )
 
 
@@ -192,7 +201,7 @@ def apply_batch(
             )
         events = new_alerts.get(sid, [])
         out.alerts.extend(events)
-        _record(state, offset, ctx.now, [], events)
+        _record(state, offset, ctx, [], events)
     for sid, (reading, statuses) in newest.items():
         out.latest.append(
             SensorStatus(
@@ -286,11 +295,16 @@ def apply_tick(
             since = state.last_capture or state.last_seen
             state.silent_alert_id = uuid.uuid5(NAMESPACE, f"silent|{sid}|{since.isoformat()}")
             alerts.append(_silent_event(state, AlertTransition.RAISED, since, ctx.now))
-        pruned = [e for e in state.outbox if e.created >= tick_at - ctx.outbox_keep]
+        pruned = [
+            e
+            for e in state.outbox
+            if e.created >= tick_at - ctx.outbox_keep
+            and (ctx.replay_from is None or e.offset >= ctx.replay_from)
+        ]
         if finals or alerts or len(pruned) != len(state.outbox):
             state.outbox = pruned
             state.last_offset = offset
-            _record(state, offset, ctx.now, finals, alerts)
+            _record(state, offset, ctx, finals, alerts)
             out.aggregates.extend(finals)
             out.alerts.extend(alerts)
     return out

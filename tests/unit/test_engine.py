@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -191,3 +192,34 @@ def test_idle_partition_closes_by_the_tick_clock_and_silent_sensors_alert() -> N
     assert [(a.kind.value, a.transition.value) for a in out.alerts] == [
         ("sensor_silent", "resolved")
     ]
+
+
+def test_the_outbox_keeps_only_what_a_replay_can_ask_for() -> None:
+    """Entries of records before the committed offset are dropped (no replay reaches them);
+    without a known committed offset everything within ``outbox_keep`` stays."""
+    readings = make_readings(12, 2, START, every_s=30)
+    batches = [readings[i : i + 20] for i in range(0, len(readings), 20)]
+
+    def feed(committed_lag: int | None) -> dict[str, SensorState]:
+        partition = PartitionState()
+        states: dict[str, SensorState] = {}
+        for offset, batch in enumerate(batches):
+            rt = batch[-1].capture_dt + timedelta(seconds=5)
+            ctx = context(rt, PCV_BANDS)
+            if committed_lag is not None:
+                ctx = dataclasses.replace(ctx, replay_from=max(0, offset - committed_lag))
+            apply_batch(partition, states, batch, offset, rt, ctx)
+        return states
+
+    kept_all = feed(None)
+    pruned = feed(3)
+    assert sum(len(s.outbox) for s in kept_all.values()) > 50
+    for sid, state in pruned.items():
+        # pruned when the sensor was last updated, with the committed offset of that time
+        committed = state.last_offset - 3
+        assert all(e.offset >= committed for e in state.outbox)
+        # what a replay from the committed offset asks for is still there
+        assert [e for e in kept_all[sid].outbox if e.offset >= committed] == state.outbox
+    assert sum(len(s.outbox) for s in pruned.values()) < sum(
+        len(s.outbox) for s in kept_all.values()
+    )
