@@ -149,7 +149,8 @@ def apply_batch(
             skipped.add(sid)
             continue
         touched.setdefault(sid, set())
-        state.loc_id = reading.loc_id
+        if state.loc_id != reading.loc_id:
+            state.loc_id = reading.loc_id
         location = ctx.location(sid)
         hour_start, ymd, hh = local_hour(reading.capture_dt, _zone(ctx, location))
         late = (watermark is not None and ctx.policy.closes_at(hour_start) <= watermark) or (
@@ -171,7 +172,9 @@ def apply_batch(
             value = getattr(reading, metric)
             evaluation = ctx.thresholds.evaluate(metric, value, location)
             statuses[metric] = evaluation.status
-            alert_state = state.alerts.setdefault(metric, MetricAlertState())
+            alert_state = state.alerts.get(metric)
+            if alert_state is None:
+                alert_state = state.alerts[metric] = MetricAlertState()
             events = step(
                 alert_state,
                 Subject(sid, reading.loc_id, metric),
@@ -189,7 +192,8 @@ def apply_batch(
         if state.last_capture is None or reading.capture_dt >= state.last_capture:
             state.last_capture = reading.capture_dt
             newest[sid] = (reading, statuses)
-        state.last_seen = max(state.last_seen or record_time, record_time)
+        if state.last_seen is None or state.last_seen < record_time:
+            state.last_seen = record_time
 
     for sid, hours in touched.items():
         state = states[sid]

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from pydantic import BaseModel
-
 from schemas.alerts import AlertEvent, AlertKind, AlertTransition
 from schemas.common import Status
 from schemas.thresholds import Threshold
@@ -33,7 +31,8 @@ def event_id_for(alert_id: uuid.UUID, transition: str, reading_time: datetime) -
     return uuid.uuid5(NAMESPACE, f"event|{alert_id}|{transition}|{reading_time.isoformat()}")
 
 
-class MetricAlertState(BaseModel):
+@dataclass
+class MetricAlertState:  # a dataclass for cheap updates, like the windows
     alert_id: uuid.UUID | None = None
     level: Status | None = None
     band: Threshold | None = None
@@ -122,7 +121,8 @@ def step(
 
     if not active:
         if effective is Status.NORMAL:
-            state.pending_level = state.pending_since = None
+            if state.pending_level is not None or state.pending_since is not None:
+                state.pending_level = state.pending_since = None
             return []
         if state.pending_since is None:
             state.pending_since = reading_time
@@ -148,9 +148,11 @@ def step(
         state.pending_level = state.pending_since = None
         return [event(AlertTransition.ESCALATED, effective, band)]
 
-    state.pending_level = state.pending_since = None
+    if state.pending_level is not None or state.pending_since is not None:
+        state.pending_level = state.pending_since = None
     if effective is level:
-        state.lower_since = None
+        if state.lower_since is not None:
+            state.lower_since = None
         return []
     if state.lower_since is None:
         state.lower_since = reading_time

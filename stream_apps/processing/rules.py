@@ -65,9 +65,23 @@ class ThresholdIndex:
         self.by_metric: dict[str, list[Threshold]] = defaultdict(list)
         for t in thresholds:
             self.by_metric[t.threshold_type].append(t)
+        # bands_for per metric and place; the index is rebuilt when thresholds change, and
+        # the key holds every field of the place that scoping reads.
+        self._bands: dict[tuple[object, ...], list[Threshold]] = {}
 
     def bands_for(self, metric: Metric, location: Location | None) -> list[Threshold]:
         """The bands of the most specific scope that has any for this metric and place."""
+        key = (
+            (metric, None, None, None, None)
+            if location is None
+            else (metric, location.loc_id, location.factory, location.building, location.floor)
+        )
+        bands = self._bands.get(key)
+        if bands is None:
+            bands = self._bands[key] = self._bands_for(metric, location)
+        return bands
+
+    def _bands_for(self, metric: Metric, location: Location | None) -> list[Threshold]:
         candidates = [t for t in self.by_metric.get(metric, ()) if in_scope(t, location)]
         if not candidates:
             return []

@@ -7,13 +7,11 @@ end by the grace period; readings of a closed hour are late.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from zoneinfo import ZoneInfo
-
-from pydantic import BaseModel, Field
 
 from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.common import METRICS, Metric
@@ -53,7 +51,11 @@ def round2(value: Decimal) -> Decimal:
     return value.quantize(_CENT, ROUND_HALF_UP)
 
 
-class MetricWindow(BaseModel):
+# Windows and alert states are plain dataclasses, not pydantic models: they are updated
+# several times per reading, and a pydantic attribute assignment costs about ten times a
+# plain one.  Pydantic still validates and serialises them as fields of the sensor state.
+@dataclass
+class MetricWindow:
     count: int = 0
     sum: Decimal = Decimal(0)
     min: Decimal | None = None
@@ -62,9 +64,10 @@ class MetricWindow(BaseModel):
     def add(self, value: Decimal) -> None:
         self.count += 1
         self.sum += value
-        if self.min is None or value < self.min:
+        low, high = self.min, self.max
+        if low is None or value < low:
             self.min = value
-        if self.max is None or value > self.max:
+        if high is None or value > high:
             self.max = value
 
     def snapshot(self) -> MetricAggregate | None:
@@ -73,17 +76,18 @@ class MetricWindow(BaseModel):
         return MetricAggregate(count=self.count, sum=self.sum, min=self.min, max=self.max)
 
 
-class HourWindow(BaseModel):
+@dataclass
+class HourWindow:
     """One sensor-hour: the aggregates and the capture instants already counted (duplicates
     of a reading, same sensor and capture time, are counted once)."""
 
     hour_start: datetime
     ymd: str
     hour: str
-    temperature: MetricWindow = Field(default_factory=MetricWindow)
-    humidity: MetricWindow = Field(default_factory=MetricWindow)
-    pcv_temperature: MetricWindow = Field(default_factory=MetricWindow)
-    seen_ms: set[int] = Field(default_factory=set)  # capture times, ms after hour_start
+    temperature: MetricWindow = field(default_factory=MetricWindow)
+    humidity: MetricWindow = field(default_factory=MetricWindow)
+    pcv_temperature: MetricWindow = field(default_factory=MetricWindow)
+    seen_ms: set[int] = field(default_factory=set)  # capture times, ms after hour_start
 
     def add(self, reading: Reading) -> bool:
         """Count the reading; False (and no change) if it was counted before."""
