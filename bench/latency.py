@@ -6,7 +6,10 @@ alert event is on the alerts topic and (b) the reading is visible in ``/api/v1/r
 The whole pipeline runs as separate processes on the local stack (bridge, ingest, worker,
 sink, API), on a fresh topic prefix and database schema.  The temperature threshold has no
 hold or clear duration, so that every reading that crosses it raises or resolves an alert at
-once.  Each reading carries its publish time as ``capture_dt``.  Latency (a) is the time the
+once.  The sensors in the ``--alerting`` share alternate between hot and cool rounds, so each
+of their readings raises or resolves an alert; the others stay cool (a plant does not raise
+an alert per reading everywhere at once).  Each reading carries its publish time as
+``capture_dt``.  Latency (a) is the time the
 alert event is read from Kafka minus that time.  Latency (b) is the time a poller (one HTTP
 client polling ten sample locations round robin) first sees that ``capture_dt``, minus that
 time.  So (b) includes up to one round of polls (reported), and the realtime cache
@@ -189,6 +192,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="readings per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
     parser.add_argument("--sensors", type=int, default=2000)  # 1 reading/s each at 2,000/s
+    parser.add_argument(
+        "--alerting", type=float, default=0.1, help="share of sensors whose readings alert"
+    )
     args = parser.parse_args()
 
     run_id = uuid.uuid4().hex[:8]
@@ -273,6 +279,7 @@ def main() -> None:
             watcher.ready.wait(30)
         publisher = MqttPublisher(mq)
         sensor_ids = [s.sensor_id for s in plant]
+        alerting = set(sensor_ids[: max(1, round(args.alerting * len(sensor_ids)))])
         # Warm-up: every sensor once, until each is in the realtime view.
         for s in sensor_ids:
             body = {
@@ -306,7 +313,7 @@ def main() -> None:
             body = {
                 "sensor_id": sensor,
                 "capture_dt": _iso(time.time()),
-                "temperature": HOT if round_ % 2 else COOL,
+                "temperature": HOT if round_ % 2 and sensor in alerting else COOL,
                 "humidity": 50.0,
             }
             publisher.publish(Message(0.0, sensor, orjson.dumps(body), ()))
@@ -378,6 +385,7 @@ def main() -> None:
             "rate_achieved": round(achieved, 1),
             "duration_s": args.duration,
             "sensors": args.sensors,
+            "alerting_share": args.alerting,
             "realtime_poll": latency_summary(poller.polls),
             "realtime_sample_locations": len(sample),
         },
