@@ -1,7 +1,9 @@
 """Drill: restart Mosquitto, restart the Kafka broker, and stop PostgreSQL for 30 s, while
 gateways publish. The path is simulator -> Mosquitto -> bridge -> Kafka -> ingest ->
-readings sink -> PostgreSQL, with every stage a real process. Every reading that the broker
-acknowledged must end in the database exactly once.
+readings sink -> PostgreSQL, and ingest -> worker (Faust) -> aggregates sink, with every
+stage a real process that keeps running through the outages. Every reading that the broker
+acknowledged must end in the database exactly once, and the hourly aggregates must count
+exactly the stored readings of each sensor-hour.
 
 This drill restarts the services of the local stack (`iotmon stack`), so it needs the stack
 that the test run manages.
@@ -39,6 +41,28 @@ def stored(db: DatabaseSettings) -> list[tuple[str, datetime]]:
         return [(s, c) for s, c in conn.execute("SELECT sensor_id, capture_dt FROM readings")]
 
 
+def counts_per_hour(db: DatabaseSettings) -> tuple[dict[tuple[str, datetime], int], ...]:
+    """(stored readings, aggregated count) per sensor and UTC hour (Asia/Seoul hours are
+    whole UTC hours)."""
+    with psycopg.connect(db.url, connect_timeout=3) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        stored = {
+            (s, h): n
+            for s, h, n in conn.execute(
+                "SELECT sensor_id, date_trunc('hour', capture_dt AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',"
+                " count(*)"
+                " FROM readings GROUP BY 1, 2"
+            )
+        }
+        counted = {
+            (s, h): n
+            for s, h, n in conn.execute(
+                "SELECT sensor_id, hour_start, temperature_count FROM hourly_aggregates"
+            )
+        }
+    return stored, counted
+
+
 def test_service_restarts_lose_nothing(
     stack: Settings,
     kafka: KafkaSettings,
@@ -66,13 +90,18 @@ def test_service_restarts_lose_nothing(
         "IOTMON_INGEST__GROUP_ID": f"{group_id}-ingest",
         "IOTMON_SINK__GROUP_PREFIX": f"{group_id}-sink",
         "IOTMON_SINK__MAX_BACKOFF_S": "1",
-        **{f"IOTMON_{s}__METRICS_PORT": "0" for s in ("BRIDGE", "INGEST", "SINK")},
+        "IOTMON_WORKER__APP_ID": f"{group_id}-worker",
+        "IOTMON_WORKER__WEB_PORT": "16301",
+        "IOTMON_WORKER__SILENT_AFTER_S": "3600",
+        "IOTMON_STACK__STATE_DIR": str(tmp_path / "state"),
+        **{f"IOTMON_{s}__METRICS_PORT": "0" for s in ("BRIDGE", "INGEST", "SINK", "WORKER")},
     }
     procs = []
     for name, args in (
         ("bridge", ["bridge"]),
         ("ingest", ["ingest"]),
-        ("sink", ["sink", "--only", "readings"]),
+        ("worker", ["worker"]),
+        ("sink", ["sink", "--only", "readings", "--only", "aggregates"]),
     ):
         with (tmp_path / f"{name}.log").open("ab") as out:
             procs.append(
@@ -125,6 +154,19 @@ def test_service_restarts_lose_nothing(
         wait_for(all_arrived, timeout=240, what=f"{len(confirmed)} acknowledged readings stored")
         rows = stored(db)
         assert len(rows) == len(set(rows)), "a reading was stored twice"
+
+        def aggregates_count_the_readings() -> bool:
+            try:
+                stored_counts, counted = counts_per_hour(db)
+            except psycopg.OperationalError:
+                return False
+            return stored_counts == counted
+
+        wait_for(
+            aggregates_count_the_readings,
+            timeout=120,
+            what="hourly aggregates counting exactly the stored readings",
+        )
         assert all(p.poll() is None for p in procs), "a stage died on the way"
     finally:
         for p in procs:
