@@ -87,7 +87,14 @@ async def _aggregate(
 ) -> AggregationResponse:
     group = _LEVEL_COLUMNS[level]
     ymd, hour = _BUCKETS[period.bucket]
-    group_sql = sql.SQL(", ").join(sql.Identifier("l", c) for c in group)
+    # Per location: the sensors' hourly rows with their places.  Per floor, building or
+    # factory: the floor rollup (migration 007), one row per floor-hour.
+    if level == "location":
+        source = sql.SQL("hourly_aggregates a JOIN locations l ON l.loc_id = a.loc_id")
+        place = "l"
+    else:
+        source, place = sql.SQL("floor_hourly a"), "a"
+    group_sql = sql.SQL(", ").join(sql.Identifier(place, c) for c in group)
     # ymd is the location's local date; the hour_start bounds (local dates widened by the
     # largest UTC offsets) only let the planner use the time indexes, they never cut rows.
     conditions: list[sql.Composable] = [
@@ -103,13 +110,14 @@ async def _aggregate(
     ]
     params: list[Any] = [period.first_ymd, period.last_ymd, period.first_ymd, period.last_ymd]
     for column, value in where.items():
-        conditions.append(sql.SQL("{} = %s").format(sql.Identifier("l", column)))
+        conditions.append(sql.SQL("{} = %s").format(sql.Identifier(place, column)))
         params.append(value)
     query = sql.SQL(
         "SELECT {group}, {ymd} AS b_ymd, {hour} AS b_hour, {metrics}"
-        " FROM hourly_aggregates a JOIN locations l ON l.loc_id = a.loc_id"
+        " FROM {source}"
         " WHERE {where} GROUP BY {group}, b_ymd, b_hour ORDER BY {group}, b_ymd, b_hour"
     ).format(
+        source=source,
         group=group_sql,
         ymd=ymd,
         hour=hour,

@@ -9,7 +9,9 @@ record that arrives late (after a newer one) changes nothing.
 
 A batch is reduced to the highest-ranked record per key in Python, COPied into a temporary
 table and applied with one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; rows whose values
-would not change are not rewritten (so a replay reports 0 rows changed).
+would not change are not rewritten (so a replay reports 0 rows changed).  In the same
+transaction the floor rollup (``floor_hourly``, migration 007) is recomputed for the
+floor-hours the batch touched.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.common import METRICS
@@ -40,6 +43,10 @@ _VALUES = (
 _TABLE = GuardedUpsert("hourly_aggregates", _KEY, _VALUES, ("is_final", "updated_at"))
 _COPY = _TABLE.copy()
 _UPSERT = _TABLE.upsert()
+# The staging table still holds the batch: its floor-hours, recomputed.
+_REFRESH_FLOORS = sql.SQL(
+    "SELECT refresh_floor_hourly_for(array_agg(loc_id), array_agg(hour_start)) FROM {}"
+).format(sql.Identifier(_TABLE.staging))
 
 
 def rank(record: HourlyAggregate) -> tuple[bool, datetime]:
@@ -95,4 +102,6 @@ class AggregatesWriter:
                 for record in winners(records):
                     copy.write_row(_row(record))
             cur.execute(_UPSERT)
-            return cur.rowcount
+            changed = cur.rowcount
+            cur.execute(_REFRESH_FLOORS)
+            return changed

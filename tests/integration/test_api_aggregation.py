@@ -1,10 +1,11 @@
-"""`/api/v1/aggregation` through HTTP on the real PostgreSQL, with hourly rows inserted as the
-aggregates sink writes them: bucket rules, chronological order, weighted averages, errors."""
+"""`/api/v1/aggregation` through HTTP on the real PostgreSQL, with hourly rows written by the
+aggregates sink's writer: bucket rules, chronological order, weighted averages, errors, and
+the floor rollup behind the factory, building and floor levels."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -15,7 +16,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.masterdata import MasterData, import_master_data
+from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.master import Location, Sensor
+from stream_apps.sinks.aggregates import AggregatesWriter
 
 pytestmark = pytest.mark.integration
 
@@ -32,33 +35,24 @@ def insert_hour(
     maximum: str,
     final: bool = True,
 ) -> None:
+    """One hourly row, written by the aggregates sink's own writer (which also maintains the
+    floor rollup)."""
+    metric = MetricAggregate(count=count, sum=Decimal(total), min=Decimal(0), max=Decimal(maximum))
+    record = HourlyAggregate(
+        sensor_id=sensor,
+        loc_id=loc,
+        hour_start=local,
+        ymd=f"{local:%Y%m%d}",
+        hour=f"{local:%H}",
+        temperature=metric,
+        humidity=metric,
+        pcv_temperature=metric,
+        is_final=final,
+        updated_at=datetime.now(UTC),
+    )
     with psycopg.connect(db.url) as conn:
         conn.execute(f'SET search_path TO "{db.db_schema}"')
-        conn.execute(
-            "INSERT INTO hourly_aggregates (sensor_id, hour_start, loc_id, ymd, hour,"
-            " temperature_count, temperature_sum, temperature_min, temperature_max,"
-            " humidity_count, humidity_sum, humidity_min, humidity_max,"
-            " pcv_temperature_count, pcv_temperature_sum, pcv_temperature_min,"
-            " pcv_temperature_max, is_final)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s, %s, %s, 0, %s, %s, %s, 0, %s, %s)",
-            (
-                sensor,
-                local,
-                loc,
-                f"{local:%Y%m%d}",
-                f"{local:%H}",
-                count,
-                Decimal(total),
-                Decimal(maximum),
-                count,
-                Decimal(total),
-                Decimal(maximum),
-                count,
-                Decimal(total),
-                Decimal(maximum),
-                final,
-            ),
-        )
+        AggregatesWriter().write(conn, [record])
 
 
 @pytest.fixture
@@ -200,3 +194,35 @@ def test_bad_requests_are_422_naming_the_parameter(
     r = client.get(path, params=params)
     assert r.status_code == 422, r.text
     assert word in r.json()["error"]["message"]
+
+
+def test_levels_above_a_location_equal_the_sum_of_its_locations(client: TestClient) -> None:
+    """The floor rollup gives the same numbers as the locations' own rows, weighted."""
+    (factory,) = get(client, "/factory/SinPyeong", "20240305", "20240305")["locations"]
+    assert [(d["hour"], d["metrics"]["pcv_temperature_avg"]) for d in factory["date"]] == [
+        ("08", "20.00"),
+        ("09", "30.00"),
+    ]
+    (monthly,) = get(client, "/factory/SinPyeong", "2024", "2024")["locations"]
+    by_month = {d["ymd"]: d for d in monthly["date"]}
+    # September: A031 only, 14 hours of 10 readings averaging 27
+    assert by_month["202409"]["metrics"]["pcv_temperature_avg"] == "27.00"
+    assert by_month["202403"]["metrics"]["pcv_temperature_avg"] == "27.50"
+    assert by_month["202405"]["provisional"] is True
+
+
+def test_a_location_moved_to_another_floor_takes_its_hours_along(
+    client: TestClient, db: DatabaseSettings
+) -> None:
+    before = get(client, "/floor/SinPyeong/F-2001/2", "2024", "2024")["locations"]
+    assert [d["ymd"] for d in before[0]["date"]] == ["202403", "202405"]
+    with psycopg.connect(db.url) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        conn.execute("UPDATE locations SET floor = 3 WHERE loc_id = 'A032'")
+    assert get(client, "/floor/SinPyeong/F-2001/2", "2024", "2024") == {"locations": []}
+    (moved,) = get(client, "/floor/SinPyeong/F-2001/3", "2024", "2024")["locations"]
+    assert [d["ymd"] for d in moved["date"]] == ["202403", "202405"]
+    assert moved["date"][0]["metrics"]["pcv_temperature_avg"] == "27.50"
+    # the building total is unchanged by the move
+    (building,) = get(client, "/building/SinPyeong/F-2001", "2024", "2024")["locations"]
+    assert [d["ymd"] for d in building["date"]] == ["202403", "202405", "202409"]

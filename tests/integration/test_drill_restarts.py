@@ -49,8 +49,8 @@ def counts_per_hour(db: DatabaseSettings) -> tuple[dict[tuple[str, datetime], in
         stored = {
             (s, h): n
             for s, h, n in conn.execute(
-                "SELECT sensor_id, date_trunc('hour', capture_dt AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',"
-                " count(*)"
+                "SELECT sensor_id,"
+                " date_trunc('hour', capture_dt AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)"
                 " FROM readings GROUP BY 1, 2"
             )
         }

@@ -20,6 +20,7 @@ TABLES = {
     "readings",
     "latest_readings",
     "hourly_aggregates",
+    "floor_hourly",
     "alerts",
     "alert_events",
     "alert_subscriptions",
