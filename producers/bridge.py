@@ -8,14 +8,20 @@ gateway travel as Kafka headers.  Messages on a watched topic that no pattern ma
 the dead-letter topic (reason ``wrong_topic``).  Payloads are validated downstream, once, by
 the ingest stage, whichever way they came in.
 
-Threads: paho's network thread calls :meth:`Bridge.on_message` (produce only); the thread
-that runs :meth:`Bridge.run` polls the producer, whose delivery callbacks send the MQTT acks.
+One thread does everything: :meth:`Bridge.run` drives paho through its external-loop API
+(``loop_read``/``loop_write``/``loop_misc`` on the client's socket) and polls the producer,
+whose delivery callbacks send the MQTT acks.  With paho's own network thread, every ack from
+the Kafka side woke that thread through a socket pair, and the two threads traded the GIL
+per message: that was a third of the bridge's time.  Reconnection (after the broker
+restarted or the network broke) is done by :meth:`Bridge.run` with capped backoff.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,6 +98,7 @@ class Bridge:
         self.metrics = metrics
         self.patterns, self.subscriptions = subscriptions(mqtt_settings)
         self._pending = 0
+        self._messages = 0  # received, for the read loop
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
         # Set once the broker acknowledged the subscriptions: from then on nothing published
@@ -135,6 +142,7 @@ class Bridge:
 
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Produce the message; the ack to MQTT is sent when Kafka confirms it."""
+        self._messages += 1
         self.metrics.received.inc()
         received_at = datetime.now(UTC).isoformat().encode()
         found = match_topic(self.patterns, msg.topic)
@@ -198,29 +206,98 @@ class Bridge:
         with self._lock:
             return self._pending
 
+    def _connect(self, first: bool) -> bool:
+        """One connection attempt; False when the broker cannot be reached now."""
+        try:
+            if first:
+                self.client.connect(self.settings.host, self.settings.port, self.settings.keepalive)
+            else:
+                self.client.reconnect()
+        except OSError as exc:
+            log.warning(
+                "MQTT broker %s:%d unreachable: %s", self.settings.host, self.settings.port, exc
+            )
+            return False
+        return True
+
+    def _serve(self, sock: Any, timeout: float) -> bool:
+        """One round of network I/O on the MQTT socket; False when the connection broke."""
+        client = self.client
+        want_write = client.want_write()
+        readable, writable, _ = select.select([sock], [sock] if want_write else [], [], timeout)
+        ok = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if readable:
+            # loop_read() handles one packet; keep reading while they are messages (one
+            # select per message was most of the remaining cost).
+            for _ in range(256):
+                before = self._messages
+                if client.loop_read() != ok:
+                    return False
+                if self._messages == before:
+                    break
+        if (writable or client.want_write()) and client.loop_write() != ok:
+            return False
+        return client.loop_misc() == ok  # keepalive pings; detects a dead connection
+
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set; then deliver and ack what is in flight, disconnect.
 
         Raises BridgeFailed when Kafka refused a message (the process should exit non-zero
         and be restarted; nothing unacknowledged is lost).
         """
-        self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
-        self.client.loop_start()
+        first, connected = True, False
+        delay, next_attempt = MIN_RECONNECT_S, 0.0
         try:
             while not stop.is_set():
-                self.producer.poll(0.05)
+                if not connected and time.monotonic() >= next_attempt:
+                    connected = self._connect(first)
+                    if connected:
+                        first, delay = False, MIN_RECONNECT_S
+                    else:
+                        next_attempt = time.monotonic() + delay
+                        delay = min(delay * 2, MAX_RECONNECT_S)
+                sock = self.client.socket() if connected else None
+                if sock is None:
+                    connected = False
+                    self.producer.poll(0.05)  # deliveries go on; their acks wait for MQTT
+                else:
+                    if not self._serve(sock, 0.005):
+                        connected = False
+                        self.subscribed.clear()
+                        next_attempt = time.monotonic() + delay
+                    # Delivery reports: acks to MQTT (queued during a callback, written by
+                    # the next loop_write, or at once otherwise).
+                    self.producer.poll(0)
                 self.metrics.pending.set(self.pending)
                 if self._failure is not None:
                     raise self._failure
         finally:
             log.info("bridge stopping: unsubscribing, delivering %d pending", self.pending)
-            if self.subscribed.is_set():
-                self.client.unsubscribe(self.subscriptions)
-            remaining = self.producer.flush(30)
-            if remaining:
-                log.error("%d messages not confirmed by Kafka; MQTT will redeliver them", remaining)
-            self.client.disconnect()
-            self.client.loop_stop()
+            self._shutdown(connected)
+
+    def _shutdown(self, connected: bool) -> None:
+        client = self.client
+        if connected and self.subscribed.is_set():
+            client.unsubscribe(self.subscriptions)
+        deadline = time.monotonic() + 30
+        while self.pending and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+            sock = client.socket()
+            if sock is not None:
+                self._serve(sock, 0)  # the acks of what Kafka confirmed meanwhile
+        remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
+        if remaining:
+            log.error("%d messages not confirmed by Kafka; MQTT will redeliver them", remaining)
+        if client.socket() is not None:
+            client.disconnect()
+            sock = client.socket()
+            while sock is not None and client.want_write():
+                if not self._serve(sock, 0.1):
+                    break
+                sock = client.socket()
+
+
+MIN_RECONNECT_S, MAX_RECONNECT_S = 1.0, 10.0
 
 
 def make_client(settings: MqttSettings) -> mqtt.Client:
@@ -231,6 +308,5 @@ def make_client(settings: MqttSettings) -> mqtt.Client:
         clean_session=False,
         manual_ack=True,
     )
-    client.reconnect_delay_set(min_delay=1, max_delay=10)
     client.max_inflight_messages_set(1000)
     return client
