@@ -200,8 +200,9 @@ def apply_batch(
         state.last_offset = offset
         partition.sensors.add(sid)
         for hour_start in sorted(hours):
+            window = state.windows[hour_start]
             out.aggregates.append(
-                state.windows[hour_start].aggregate(sid, state.loc_id, final=False, now=ctx.now)
+                window.aggregate(sid, state.loc_id, final=window.final_sent, now=ctx.now)
             )
         events = new_alerts.get(sid, [])
         out.alerts.extend(events)
@@ -270,12 +271,16 @@ def apply_tick(
 ) -> Outputs:
     """Close the hours whose grace has passed and raise sensor-silent alerts.
 
-    Hours close by the partition's event-time watermark; when the partition has received
+    Hours close by the partition's event-time watermark.  When the partition has received
     nothing for ``idle_after`` (by record time), the tick's own time stands in for it, so a
-    plant that went quiet still gets its final aggregates.
+    plant that went quiet still gets its final aggregates.  Such a final is revisable: the
+    window is kept until the data's own watermark closes it, and readings that still arrive
+    for it are counted and emitted as a newer final.  (Dropping them as late undercounted
+    the hour whenever data running behind the clock paused for ``idle_after``, e.g. through
+    a Kafka outage, whose ticks reach the partition before the backlog does.)
     """
     out = Outputs()
-    watermark = partition.watermark
+    data_watermark = watermark = partition.watermark
     idle = partition.last_data_at is None or tick_at - partition.last_data_at >= ctx.idle_after
     if idle and (watermark is None or tick_at > watermark):
         watermark = tick_at
@@ -286,10 +291,17 @@ def apply_tick(
         finals = []
         if watermark is not None:
             for hour_start in sorted(state.windows):
-                if ctx.policy.closes_at(hour_start) <= watermark:
-                    window = state.windows.pop(hour_start)
-                    finals.append(window.aggregate(sid, state.loc_id, final=True, now=ctx.now))
+                closes = ctx.policy.closes_at(hour_start)
+                if closes > watermark:
+                    continue
+                window = state.windows[hour_start]
+                if data_watermark is not None and closes <= data_watermark:
+                    del state.windows[hour_start]  # closed by the data: for good
                     state.closed_through = max(state.closed_through or hour_start, hour_start)
+                elif window.final_sent:
+                    continue  # closed by the idle clock before, nothing new since
+                window.final_sent = True
+                finals.append(window.aggregate(sid, state.loc_id, final=True, now=ctx.now))
         alerts = []
         if (
             state.silent_alert_id is None

@@ -88,6 +88,9 @@ class HourWindow:
     humidity: MetricWindow = field(default_factory=MetricWindow)
     pcv_temperature: MetricWindow = field(default_factory=MetricWindow)
     seen_ms: set[int] = field(default_factory=set)  # capture times, ms after hour_start
+    # A final was emitted by the idle clock; the hour stays open to the data until the
+    # partition's own watermark closes it, and whatever still arrives revises that final.
+    final_sent: bool = False
 
     def add(self, reading: Reading) -> bool:
         """Count the reading; False (and no change) if it was counted before."""

@@ -124,7 +124,8 @@ def test_final_hours_equal_the_ground_truth() -> None:
     assert alerts, "the data crosses the bands"
     assert {k: as_row(v) for k, v in finals.items()} == expected_hourly(readings)
     assert all(v.is_final for v in finals.values())
-    assert all(not s.windows for s in states.values())
+    # closed by the idle clock (no data after them): final, and still open to late data
+    assert all(w.final_sent for s in states.values() for w in s.windows.values())
 
 
 def test_replay_after_a_crash_changes_nothing() -> None:
@@ -192,6 +193,51 @@ def test_idle_partition_closes_by_the_tick_clock_and_silent_sensors_alert() -> N
     assert [(a.kind.value, a.transition.value) for a in out.alerts] == [
         ("sensor_silent", "resolved")
     ]
+
+
+def test_a_final_of_the_idle_clock_is_revised_by_data_that_arrives_after_it() -> None:
+    """A backlog 30 min behind the clock pauses for 75 s (Kafka was down; the worker's ticks
+    of that time reach the partition first): the idle clock finalizes the open hour, and the
+    readings that follow are counted into a newer final instead of dropped as late.  The
+    data's own watermark then closes the hour for good."""
+    now = datetime(2026, 11, 26, 11, 20, tzinfo=UTC)
+
+    def reading(recorded: datetime) -> Reading:
+        return Reading(
+            sensor_id="TEMPIOT-A011",
+            loc_id="A011",
+            capture_dt=recorded - timedelta(minutes=30),
+            temperature=Decimal("25.0"),
+            humidity=Decimal("50.0"),
+            pcv_temperature=None,
+            source="mqtt",
+            received_at=recorded,
+        )
+
+    partition, states = PartitionState(), dict[str, SensorState]()
+    apply_batch(partition, states, [reading(now)], 0, now, context(now))
+    pause = now + timedelta(seconds=75)
+    out = apply_tick(partition, states, pause, 1, context(pause))
+    assert [(a.is_final, a.temperature.count) for a in out.aggregates if a.temperature] == [
+        (True, 1)
+    ]
+    out = apply_batch(partition, states, [reading(pause)], 2, pause, context(pause))
+    assert out.late == []
+    assert [(a.is_final, a.temperature.count) for a in out.aggregates if a.temperature] == [
+        (True, 2)
+    ]
+    later = pause + timedelta(seconds=5)
+    assert apply_tick(partition, states, later, 3, context(later)).aggregates == []
+    # the data reaches 11:10:01 (+ grace past 10:00-11:00): closed for good
+    end = datetime(2026, 11, 26, 11, 40, 1, tzinfo=UTC)
+    apply_batch(partition, states, [reading(end)], 4, end, context(end))
+    out = apply_tick(partition, states, end, 5, context(end))
+    assert [(a.hour_start.hour, a.is_final) for a in out.aggregates] == [(10, True)]
+    state = states["TEMPIOT-A011"]
+    assert list(state.windows) == [datetime(2026, 11, 26, 11, tzinfo=UTC)]
+    assert state.closed_through == datetime(2026, 11, 26, 10, tzinfo=UTC)
+    late = apply_batch(partition, states, [reading(now)], 6, end, context(end))
+    assert len(late.late) == 1
 
 
 def test_the_outbox_keeps_only_what_a_replay_can_ask_for() -> None:
