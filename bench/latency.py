@@ -35,6 +35,7 @@ import httpx
 import orjson
 import psycopg
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import Message as KafkaMessage
 from psycopg import sql
 
 from bench.common import RESULTS, latency_summary, write_results
@@ -59,41 +60,24 @@ def _parse(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-class AlertWatcher(threading.Thread):
-    """Reads the alerts topic; latency of every raise/resolve since ``start``."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(daemon=True)
-        self.latencies: list[float] = []
-        self.stop = threading.Event()
-        self.ready = threading.Event()
-        self._settings = settings
-
-    def run(self) -> None:
-        kafka = self._settings.kafka
-        name = topic_name("alerts", kafka.topic_prefix)
-        consumer = Consumer(
-            {"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}"}
-        )
-        meta = consumer.list_topics(name, timeout=10).topics[name]
-        consumer.assign([TopicPartition(name, p, 0) for p in meta.partitions])
-        self.ready.set()
-        while not self.stop.is_set():
-            for msg in consumer.consume(500, 0.05):
-                value = msg.value()
-                if msg.error() or value is None:
-                    continue
-                now = time.time()
-                event = orjson.loads(value)
-                if event.get("reading_time") and event["transition"] in ("raised", "resolved"):
-                    self.latencies.append(now - _parse(event["reading_time"]))
-        consumer.close()
+def _tail(settings: Settings, topic: TopicId, start: int) -> Consumer:
+    """A consumer assigned to every partition of ``topic`` from ``start`` (no group)."""
+    kafka = settings.kafka
+    name = topic_name(topic, kafka.topic_prefix)
+    consumer = Consumer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}"}
+    )
+    meta = consumer.list_topics(name, timeout=10).topics[name]
+    consumer.assign([TopicPartition(name, p, start) for p in meta.partitions])
+    return consumer
 
 
 class StageWatcher(threading.Thread):
     """Reads a topic between the stages; for every reading in it, the record's timestamp
     (when the stage before produced it) minus the reading's publish time.  This splits the
     end-to-end latency by stage."""
+
+    start_offset = OFFSET_END
 
     def __init__(self, settings: Settings, topic: TopicId) -> None:
         super().__init__(daemon=True)
@@ -111,23 +95,36 @@ class StageWatcher(threading.Thread):
             return [body["reading_time"]] if body.get("reading_time") else []
         return [body["capture_dt"]]
 
+    def measure(self, msg: KafkaMessage, value: bytes) -> None:
+        produced = msg.timestamp()[1] / 1000
+        self.latencies.extend(produced - _parse(c) for c in self.captures(value))
+
     def run(self) -> None:
-        kafka = self._settings.kafka
-        name = topic_name(self._topic, kafka.topic_prefix)
-        consumer = Consumer(
-            {"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}"}
-        )
-        meta = consumer.list_topics(name, timeout=10).topics[name]
-        consumer.assign([TopicPartition(name, p, OFFSET_END) for p in meta.partitions])
+        consumer = _tail(self._settings, self._topic, self.start_offset)
         self.ready.set()
         while not self.stop.is_set():
             for msg in consumer.consume(500, 0.05):
                 value = msg.value()
                 if msg.error() or value is None:
                     continue
-                produced = msg.timestamp()[1] / 1000
-                self.latencies.extend(produced - _parse(c) for c in self.captures(value))
+                self.measure(msg, value)
         consumer.close()
+
+
+class AlertWatcher(StageWatcher):
+    """Reads the alerts topic; latency of every raise/resolve since ``start``, until it is
+    read."""
+
+    start_offset = 0
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "alerts")
+
+    def measure(self, msg: KafkaMessage, value: bytes) -> None:
+        now = time.time()
+        event = orjson.loads(value)
+        if event.get("reading_time") and event["transition"] in ("raised", "resolved"):
+            self.latencies.append(now - _parse(event["reading_time"]))
 
 
 class RealtimePoller(threading.Thread):
@@ -259,7 +256,7 @@ def main() -> None:
         "stage: publish -> validated batch produced (+ ingest)": StageWatcher(settings, "readings"),
         "stage: publish -> alert event produced (+ worker)": StageWatcher(settings, "alerts"),
     }
-    watchers: list[AlertWatcher | StageWatcher] = [alerts, *stages.values()]
+    watchers: list[StageWatcher] = [alerts, *stages.values()]
     sample = [s.location.loc_id for s in plant][:: max(1, len(plant) // 10)][:10]
     poller = RealtimePoller(base_url, sample)
     publisher: MqttPublisher | None = None

@@ -162,18 +162,22 @@ def test_a_reading_after_its_hour_closed_is_late_and_kept() -> None:
     assert out.late == [stray]
 
 
-def test_idle_partition_closes_by_the_tick_clock_and_silent_sensors_alert() -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
-    reading = Reading(
+def one_reading(capture: datetime, received: datetime) -> Reading:
+    return Reading(
         sensor_id="TEMPIOT-A011",
         loc_id="A011",
-        capture_dt=now - timedelta(hours=2),
+        capture_dt=capture,
         temperature=Decimal("25.0"),
         humidity=Decimal("50.0"),
         pcv_temperature=None,
         source="mqtt",
-        received_at=now,
+        received_at=received,
     )
+
+
+def test_idle_partition_closes_by_the_tick_clock_and_silent_sensors_alert() -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    reading = one_reading(now - timedelta(hours=2), now)
     partition, states = PartitionState(), dict[str, SensorState]()
     apply_batch(partition, states, [reading], 0, now, context(now))
     # not idle yet: the partition's event time has not passed the hour
@@ -203,16 +207,7 @@ def test_a_final_of_the_idle_clock_is_revised_by_data_that_arrives_after_it() ->
     now = datetime(2026, 11, 26, 11, 20, tzinfo=UTC)
 
     def reading(recorded: datetime) -> Reading:
-        return Reading(
-            sensor_id="TEMPIOT-A011",
-            loc_id="A011",
-            capture_dt=recorded - timedelta(minutes=30),
-            temperature=Decimal("25.0"),
-            humidity=Decimal("50.0"),
-            pcv_temperature=None,
-            source="mqtt",
-            received_at=recorded,
-        )
+        return one_reading(recorded - timedelta(minutes=30), recorded)
 
     partition, states = PartitionState(), dict[str, SensorState]()
     apply_batch(partition, states, [reading(now)], 0, now, context(now))
