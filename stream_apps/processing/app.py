@@ -70,6 +70,11 @@ class WorkerMetrics:
             "Records found missing from the restored state",
             registry=registry,
         )
+        self.revoked = Counter(
+            "iotmon_worker_revoked_skipped_total",
+            "Records skipped because their partition was revoked before they were applied",
+            registry=registry,
+        )
         self.replayed = Counter(
             "iotmon_worker_replayed_total",
             "Sensor updates skipped because already applied",
@@ -327,9 +332,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         # (a state written back, a record batch per output topic) are paid once per batch.
         take = stream.take_events  # type: ignore[attr-defined]  # not in StreamT's stubs
         async for events in take(w.batch_max_records, w.batch_wait_s):
+            # Records of a partition revoked while they waited in the batch are skipped: the
+            # tables no longer hold that partition's states here, so applying them would
+            # write states built from nothing, and the new owner reads them again anyway.
+            owned = {
+                tp.partition for tp in app.consumer.assignment() if tp.topic == readings_name
+            }
             try:
                 for event in events:
                     msg = event.message
+                    if msg.partition not in owned:
+                        metrics.revoked.inc()
+                        continue
                     apply_record(msg.partition, msg.offset, msg.timestamp, event.value)
                 await write()
             except BaseException:
