@@ -335,9 +335,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             # Records of a partition revoked while they waited in the batch are skipped: the
             # tables no longer hold that partition's states here, so applying them would
             # write states built from nothing, and the new owner reads them again anyway.
-            owned = {
-                tp.partition for tp in app.consumer.assignment() if tp.topic == readings_name
-            }
+            owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == readings_name}
             try:
                 for event in events:
                     msg = event.message
