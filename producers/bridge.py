@@ -36,6 +36,9 @@ from schemas.readings import DeadLetterHeaders, DeadLetterReason, IngressHeaders
 log = logging.getLogger(__name__)
 
 
+MIN_RECONNECT_S, MAX_RECONNECT_S = 1.0, 10.0  # backoff between MQTT connection attempts
+
+
 class BridgeFailed(RuntimeError):
     """Kafka refused a message for good; the bridge stops without acknowledging it."""
 
@@ -295,9 +298,6 @@ class Bridge:
                 if not self._serve(sock, 0.1):
                     break
                 sock = client.socket()
-
-
-MIN_RECONNECT_S, MAX_RECONNECT_S = 1.0, 10.0
 
 
 def make_client(settings: MqttSettings) -> mqtt.Client:

@@ -19,6 +19,7 @@ from typing import Any
 
 import faust
 from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter
 
 from iotmon.settings import Settings
@@ -231,8 +232,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     ) -> None:
         """Apply one record to the loaded states; the changed states and the outputs are
         queued, and written by :func:`write` after the whole batch of records."""
-        v = load_views()
-        v.refresh()
+        v = load_views()  # refreshed once per batch of records, in process()
 
         def location(sid: str, v: Views = v) -> Any:
             record = v.sensors.get(sid)
@@ -296,11 +296,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     def committed(partition: int) -> int | None:
         """The offset this worker last committed for a readings partition (Faust's monitor
         records every commit); None before its first commit."""
-        offsets = app.monitor.tp_committed_offsets
-        for tp, offset in offsets.items():
-            if tp.topic == readings_name and tp.partition == partition:
-                return int(offset)
-        return None
+        offset = app.monitor.tp_committed_offsets.get(TP(readings_name, partition))
+        return None if offset is None else int(offset)
 
     def read_range(partition: int, start: int, end: int) -> list[tuple[int, float, bytes]]:
         """Records ``start`` .. ``end - 1`` of a readings partition, straight from Kafka."""
@@ -336,6 +333,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             # tables no longer hold that partition's states here, so applying them would
             # write states built from nothing, and the new owner reads them again anyway.
             owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == readings_name}
+            load_views().refresh()  # master data and thresholds changed since the last batch
             try:
                 for event in events:
                     msg = event.message

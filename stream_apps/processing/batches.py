@@ -35,40 +35,26 @@ class BatchSender:
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
         self._groups[(topic, partition)].append((key, value))
 
-    def __len__(self) -> int:
-        return sum(len(records) for records in self._groups.values())
-
-    async def send(self) -> int:
-        """Queue everything added so far with the producer; returns the number of batches."""
-        batches = 0
+    async def send(self) -> None:
+        """Queue everything added so far with the producer, a record batch at a time."""
         groups, self._groups = self._groups, defaultdict(list)
         for (topic, partition), records in groups.items():
-            batch = self._producer.create_batch()
-            filled = 0
+            batch, filled = self._producer.create_batch(), 0
             for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                while batch.append(key=key, value=value, timestamp=None) is None:
                     if filled == 0:  # a record larger than a whole batch
                         raise ValueError(
                             f"a {len(value)}-byte record for {topic} exceeds the batch size"
                         )
-                    self._inflight.append(
-                        await self._producer.send_batch(batch, topic, partition=partition)
-                    )
-                    batches += 1
-                    batch = self._producer.create_batch()
-                    filled = 0
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(
-                            f"a {len(value)}-byte record for {topic} exceeds the batch size"
-                        )
+                    await self._queue(batch, topic, partition)
+                    batch, filled = self._producer.create_batch(), 0
                 filled += 1
             if filled:
-                self._inflight.append(
-                    await self._producer.send_batch(batch, topic, partition=partition)
-                )
-                batches += 1
+                await self._queue(batch, topic, partition)
         self.check()
-        return batches
+
+    async def _queue(self, batch: Any, topic: str, partition: int) -> None:
+        self._inflight.append(await self._producer.send_batch(batch, topic, partition=partition))
 
     def check(self) -> None:
         """Forget delivered batches; raise the error of the first one Kafka refused."""

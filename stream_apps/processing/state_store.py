@@ -52,9 +52,6 @@ class StateStore:
         """Mark ``value`` as the table's new value for ``key`` (written by :meth:`write`)."""
         self._dirty[(table.name, key)] = (table, partition, value)
 
-    def __len__(self) -> int:
-        return len(self._dirty)
-
     def write(self, sender: BatchSender) -> None:
         dirty, self._dirty = self._dirty, {}
         for slot, (table, partition, value) in dirty.items():

@@ -13,29 +13,21 @@ Only the consumer's construction is changed; everything else is Faust's aiokafka
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms: ClassVar[int] = 100
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # Read by AIOKafkaConsumer.start() when it creates its fetcher.
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
-        return consumer
-
-
 def install(app: faust.App, fetch_max_wait_ms: int) -> None:
     """Make ``app`` use this transport (call before the app creates topics or agents)."""
 
-    class ConsumerThread(_ConsumerThread):
-        pass
-
-    ConsumerThread.fetch_max_wait_ms = fetch_max_wait_ms
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            # Read by AIOKafkaConsumer.start() when it creates its fetcher.
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            return consumer
 
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> Any:

@@ -73,26 +73,20 @@ $fn$;
 
 CREATE FUNCTION floor_hourly_location_changed() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
-    loc   text := CASE WHEN TG_OP = 'DELETE' THEN OLD.loc_id ELSE NEW.loc_id END;
-    hours timestamptz[];
+    f text[]; b text[]; fl integer[]; h timestamptz[];
 BEGIN
-    SELECT array_agg(DISTINCT hour_start) INTO hours FROM hourly_aggregates WHERE loc_id = loc;
-    IF hours IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        PERFORM refresh_floor_hourly(
-            array_fill(OLD.factory, ARRAY[cardinality(hours)]),
-            array_fill(OLD.building, ARRAY[cardinality(hours)]),
-            array_fill(OLD.floor, ARRAY[cardinality(hours)]),
-            hours);
-    END IF;
-    IF TG_OP IN ('UPDATE', 'INSERT') THEN
-        PERFORM refresh_floor_hourly(
-            array_fill(NEW.factory, ARRAY[cardinality(hours)]),
-            array_fill(NEW.building, ARRAY[cardinality(hours)]),
-            array_fill(NEW.floor, ARRAY[cardinality(hours)]),
-            hours);
+    -- The location's hours on its old floor and on its new one.  OLD is NULL on INSERT and
+    -- NEW on DELETE (factory is never NULL in a row).
+    SELECT array_agg(p.factory), array_agg(p.building), array_agg(p.floor), array_agg(a.hour_start)
+      INTO f, b, fl, h
+      FROM (VALUES (OLD.loc_id, OLD.factory, OLD.building, OLD.floor),
+                   (NEW.loc_id, NEW.factory, NEW.building, NEW.floor))
+           AS p(loc_id, factory, building, floor)
+      CROSS JOIN LATERAL (SELECT DISTINCT hour_start FROM hourly_aggregates
+                           WHERE loc_id = p.loc_id) AS a
+     WHERE p.factory IS NOT NULL;
+    IF f IS NOT NULL THEN
+        PERFORM refresh_floor_hourly(f, b, fl, h);
     END IF;
     RETURN NULL;
 END
