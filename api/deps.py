@@ -36,7 +36,7 @@ class Caller:
 ANONYMOUS = Caller("anonymous", None)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -117,7 +117,7 @@ def require(minimum: Role, *, reads: bool = False) -> Any:
     """A dependency that admits callers with at least ``minimum``; with ``reads=True`` it
     admits everyone when the deployment leaves reads open."""
 
-    def check(request: Request) -> Caller:
+    async def check(request: Request) -> Caller:
         settings: Settings = request.app.state.settings
         caller = authenticate(request)
         if reads and settings.api.open_reads:

@@ -112,7 +112,7 @@ class AlertStats(BaseModel):
 Text = Annotated[str | None, Query(max_length=100)]
 
 
-def _filters(
+async def _filters(
     sensor_id: Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN)] = None,
     loc_id: Annotated[str | None, Query(pattern=LOC_ID_PATTERN)] = None,
     factory: Text = None,
