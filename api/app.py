@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +15,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from api import errors
+from api.changes import DataChanges
 from api.routers import (
     aggregation,
     alerts,
@@ -51,9 +54,15 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await pool.open()
         app.state.pool = pool
+        changes = DataChanges(settings.db.url, settings.db.db_schema)
+        app.state.changes = changes
+        listening = asyncio.create_task(changes.run(), name="change-notifications")
         try:
             yield
         finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
             await pool.close()
 
     app = FastAPI(title="iotmon", version="0.1.0", lifespan=lifespan)

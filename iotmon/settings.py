@@ -141,9 +141,10 @@ class ApiSettings(BaseModel):
     stream_max_clients: int = Field(100, ge=1)  # concurrent SSE connections
     stream_ping_s: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
     stale_after_s: float = Field(300.0, gt=0)  # a realtime measurement older than this is stale
-    # A realtime answer is rendered at most once per this many seconds per filter (0: never
-    # kept); concurrent requests share one rendering.
-    realtime_cache_s: float = Field(0.2, ge=0)
+    # A realtime answer is reused until PostgreSQL notifies a change of the data it shows,
+    # and for at most this many seconds (its ages are that much behind; 0: never reused).
+    # Concurrent requests share one rendering either way.
+    realtime_cache_s: float = Field(1.0, ge=0)
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     query_work_mem: str = Field("32MB", pattern=r"^\d{1,6}(kB|MB|GB)$")  # per API session

@@ -6,20 +6,24 @@ stale, and unknown filters give an empty list."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import psycopg
 from fastapi import APIRouter, Path, Query, Request, Response
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from api.changes import DataChanges
 from api.deps import AppSettings, CanRead
 from iotmon.settings import Settings
 
@@ -70,53 +74,121 @@ def decimal_text(value: Decimal | None) -> str | None:
     return text + "0" if text.endswith(".") else text
 
 
-class ResponseCache:
-    """Rendered answers kept for ``ttl_s`` seconds per key; concurrent requests for a key
-    that is being rendered wait for that one rendering instead of querying again."""
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered answer: the JSON body, its entity tag, and (once asked for) gzipped."""
 
-    def __init__(self, ttl_s: float, max_keys: int = 1000) -> None:
-        self.ttl_s = ttl_s
+    body: bytes
+    started: float  # monotonic clock when its rendering began
+    version: int | None  # DataChanges.version then; None when nothing was listening
+    etag: str = field(init=False)
+    _gzipped: list[bytes] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Weak: the gzipped and the identity body are the same entity.
+        digest = hashlib.blake2b(self.body, digest_size=12).hexdigest()
+        object.__setattr__(self, "etag", f'W/"{digest}"')
+
+    def gzipped(self) -> bytes:
+        if not self._gzipped:
+            self._gzipped.append(gzip.compress(self.body, compresslevel=6, mtime=0))
+        return self._gzipped[0]
+
+
+class ResponseCache:
+    """Rendered answers per key, reused while the data they show is unchanged.
+
+    An answer is reused while the change listener has seen no change since its rendering
+    began, and for at most ``max_age_s`` seconds (its ages and stale flags are that much
+    behind; 0: never reused).  Concurrent requests for a key share one rendering: a request
+    takes any answer whose rendering began after it arrived, which is as fresh as one of its
+    own.  Without a listener, that sharing is all there is.
+    """
+
+    def __init__(self, max_age_s: float, changes: DataChanges | None, max_keys: int = 1000) -> None:
+        self.max_age_s = max_age_s
+        self.changes = changes
         self.max_keys = max_keys
-        self._entries: dict[Hashable, tuple[float, bytes]] = {}
+        self.renderings = 0
+        self._entries: dict[Hashable, Rendered] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
 
-    async def get(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> bytes:
-        if self.ttl_s <= 0:
-            return await render()
+    def _version(self) -> int | None:
+        changes = self.changes
+        return changes.version if changes is not None and changes.listening else None
+
+    def _current(self, entry: Rendered) -> bool:
+        return (
+            entry.version is not None
+            and entry.version == self._version()
+            and time.monotonic() - entry.started < self.max_age_s
+        )
+
+    async def get(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> Rendered:
+        arrived = time.monotonic()
         entry = self._entries.get(key)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
+        if entry is not None and self._current(entry):
+            return entry
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._entries.get(key)
-            if entry is not None and entry[0] > time.monotonic():
-                return entry[1]
-            body = await render()
+            if entry is not None and (entry.started >= arrived or self._current(entry)):
+                return entry
+            started, version = time.monotonic(), self._version()
+            self.renderings += 1
+            entry = Rendered(await render(), started, version)
             if len(self._entries) >= self.max_keys:
                 self._entries.clear()
                 self._locks = {key: lock}
-            self._entries[key] = (time.monotonic() + self.ttl_s, body)
-            return body
+            self._entries[key] = entry
+            return entry
+
+
+def _accepts_gzip(request: Request) -> bool:
+    return "gzip" in request.headers.get("accept-encoding", "")
+
+
+def _matches(request: Request, etag: str) -> bool:
+    """If-None-Match names this entity (weak comparison, RFC 9110 13.1.2)."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 async def _answer(request: Request, settings: Settings, where: dict[str, Any]) -> Response:
     cache: ResponseCache | None = getattr(request.app.state, "realtime_cache", None)
     if cache is None:
-        cache = request.app.state.realtime_cache = ResponseCache(settings.api.realtime_cache_s)
+        changes = getattr(request.app.state, "changes", None)
+        cache = ResponseCache(settings.api.realtime_cache_s, changes)
+        request.app.state.realtime_cache = cache
 
     async def render() -> bytes:
         pool: AsyncConnectionPool = request.app.state.pool
         async with pool.connection() as conn:
-            result = await _realtime(conn, settings, where)
-        return result.model_dump_json().encode()
+            return await _realtime(conn, settings, where)
 
     key = tuple(sorted((k, v) for k, v in where.items() if v is not None))
-    return Response(await cache.get(key, render), media_type="application/json")
+    answer = await cache.get(key, render)
+    headers = {"ETag": answer.etag, "Vary": "Accept-Encoding"}
+    if _matches(request, answer.etag):
+        return Response(status_code=304, headers=headers)
+    if _accepts_gzip(request) and len(answer.body) >= _GZIP_MIN_BYTES:
+        headers["Content-Encoding"] = "gzip"
+        return Response(answer.gzipped(), media_type="application/json", headers=headers)
+    return Response(answer.body, media_type="application/json", headers=headers)
+
+
+_GZIP_MIN_BYTES = 1000
 
 
 async def _realtime(
     conn: psycopg.AsyncConnection[Any], settings: Settings, where: dict[str, Any]
-) -> RealtimeResponse:
+) -> bytes:
+    """The answer as JSON, in the shape of :class:`RealtimeResponse`.  Built from plain
+    dicts with orjson (the output is the same as the models'): validating a thousand
+    measurements through the models took four times as long as the query."""
     conditions: list[sql.Composable] = [sql.SQL("l.is_active")]
     params: list[Any] = []
     for column, value in where.items():
@@ -126,37 +198,46 @@ async def _realtime(
     query = sql.SQL(
         "{} WHERE {} ORDER BY l.factory, l.building, l.floor, l.loc_id, r.sensor_id"
     ).format(_SELECT, sql.SQL(" AND ").join(conditions))
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor() as cur:
         await cur.execute(query, params)
         rows = await cur.fetchall()
+    if not rows:
+        empty = RealtimeResponse(capture_dt=None, ymd=None, hh=None, measurements=[])
+        return empty.model_dump_json().encode()
     now = datetime.now(UTC)
     stale_after = settings.api.stale_after_s
     measurements = []
-    for r in rows:
-        age = max(0.0, (now - r["capture_dt"]).total_seconds())
+    for sensor_id, capture_dt, t, h, p, t_st, h_st, p_st, fac, bld, flr, loc, area, _ in rows:
+        age = max(0.0, (now - capture_dt).total_seconds())
         measurements.append(
-            Measurement(
-                sensor_id=r["sensor_id"],
-                location=Place.model_validate(r),
-                metrics={
-                    m: Value(value=decimal_text(r[m]), status=r[f"{m}_status"])
-                    for m in ("temperature", "humidity", "pcv_temperature")
+            {
+                "sensor_id": sensor_id,
+                "location": {
+                    "factory": fac,
+                    "building": bld,
+                    "floor": flr,
+                    "loc_id": loc,
+                    "area": area,
                 },
-                capture_dt=r["capture_dt"],
-                age_seconds=round(age, 3),
-                stale=age > stale_after,
-            )
+                "metrics": {
+                    "temperature": {"value": decimal_text(t), "status": t_st},
+                    "humidity": {"value": decimal_text(h), "status": h_st},
+                    "pcv_temperature": {"value": decimal_text(p), "status": p_st},
+                },
+                "capture_dt": capture_dt,
+                "age_seconds": round(age, 3),
+                "stale": age > stale_after,
+            }
         )
-    if not rows:
-        return RealtimeResponse(capture_dt=None, ymd=None, hh=None, measurements=[])
-    newest = max(rows, key=lambda r: r["capture_dt"])
-    local = newest["capture_dt"].astimezone(ZoneInfo(newest["timezone"]))
-    return RealtimeResponse(
-        capture_dt=newest["capture_dt"],
-        ymd=f"{local:%Y%m%d}",
-        hh=f"{local:%H}",
-        measurements=measurements,
-    )
+    newest = max(rows, key=lambda r: r[1])
+    local = newest[1].astimezone(ZoneInfo(newest[13]))
+    answer = {
+        "capture_dt": newest[1],
+        "ymd": f"{local:%Y%m%d}",
+        "hh": f"{local:%H}",
+        "measurements": measurements,
+    }
+    return orjson.dumps(answer, option=orjson.OPT_UTC_Z)
 
 
 Text = Annotated[str, Path(max_length=100)]

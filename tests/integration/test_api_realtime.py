@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.changes import DataChanges
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.masterdata import import_master_data, load_file
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -119,29 +122,155 @@ def test_filters(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["error"]["message"]
 
 
-def test_answers_are_rendered_once_per_cache_period(
+def _set_temperature(db: DatabaseSettings, value: str) -> None:
+    with psycopg.connect(db.url) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        conn.execute("UPDATE latest_readings SET temperature = %s", (value,))
+
+
+def _temperature(c: TestClient, path: str) -> str:
+    body = c.get(path).json()
+    return str(body["measurements"][0]["metrics"]["temperature"]["value"])
+
+
+@pytest.fixture
+def one_sensor(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
-) -> None:
+) -> Callable[[float], TestClient]:
+    """A TestClient factory (argument: realtime_cache_s) over one sensor's latest reading."""
     import_master_data(db, kafka, load_file(EXAMPLES / "locations.csv"))
     now = datetime.now(UTC)
     latest(db, "TEMPIOT-A011", "A011", now, "22.1", "50", "23.0", ("normal", None, "normal"))
 
-    def set_temperature(value: str) -> None:
+    def make(max_age_s: float) -> TestClient:
+        api = stack.api.model_copy(update={"realtime_cache_s": max_age_s})
+        settings = stack.model_copy(update={"kafka": kafka, "db": db, "api": api})
+        return TestClient(create_app(settings))
+
+    return make
+
+
+def _listening(c: TestClient) -> DataChanges:
+    changes: DataChanges = c.app.state.changes  # type: ignore[attr-defined]
+    wait_for(lambda: changes.listening, 10, "the change listener")
+    return changes
+
+
+def test_answers_are_reused_until_the_data_changes(
+    one_sensor: Callable[[float], TestClient], db: DatabaseSettings
+) -> None:
+    path = "/api/v1/realtime/loc_id/A011"
+    with one_sensor(3600.0) as c:
+        changes = _listening(c)
+        first = c.get(path)
+        cache = c.app.state.realtime_cache  # type: ignore[attr-defined]
+        # Unchanged data: the same rendering, ages and all.
+        assert c.get(path).content == first.content
+        assert cache.renderings == 1
+        # A notification for another deployment's schema changes nothing here.
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify('iotmon_data_changed', 'another_schema')")
+        time.sleep(0.3)
+        assert c.get(path).content == first.content
+        # A committed change is visible without waiting out the hour, as soon as its
+        # notification arrives.
+        version = changes.version
+        _set_temperature(db, "25.5")
+        wait_for(lambda: changes.version > version, 5, "the change notification")
+        assert _temperature(c, path) == "25.5"
+        assert cache.renderings == 2
+        # Another filter is another answer, rendered from the current rows.
+        assert _temperature(c, "/api/v1/realtime/factory/SinPyeong") == "25.5"
+
+
+def test_a_rolled_back_change_keeps_the_answer(
+    one_sensor: Callable[[float], TestClient], db: DatabaseSettings
+) -> None:
+    path = "/api/v1/realtime/loc_id/A011"
+    with one_sensor(3600.0) as c:
+        _listening(c)
+        first = c.get(path).content
         with psycopg.connect(db.url) as conn:
             conn.execute(f'SET search_path TO "{db.db_schema}"')
-            conn.execute("UPDATE latest_readings SET temperature = %s", (value,))
+            conn.execute("UPDATE latest_readings SET temperature = 99")
+            conn.rollback()
+        time.sleep(0.3)
+        assert c.get(path).content == first
 
-    def temperature(c: TestClient, path: str) -> str:
-        body = c.get(path).json()
-        return str(body["measurements"][0]["metrics"]["temperature"]["value"])
 
-    for ttl, expected in ((3600.0, "22.1"), (0.0, "25.5")):
-        set_temperature("22.1")
-        api = stack.api.model_copy(update={"realtime_cache_s": ttl})
-        settings = stack.model_copy(update={"kafka": kafka, "db": db, "api": api})
-        with TestClient(create_app(settings)) as c:
-            assert temperature(c, "/api/v1/realtime/loc_id/A011") == "22.1"
-            set_temperature("25.5")
-            assert temperature(c, "/api/v1/realtime/loc_id/A011") == expected
-            # Another filter is another answer, rendered from the current rows.
-            assert temperature(c, "/api/v1/realtime/factory/SinPyeong") == "25.5"
+def test_answers_expire_after_their_max_age(
+    one_sensor: Callable[[float], TestClient], db: DatabaseSettings
+) -> None:
+    path = "/api/v1/realtime/loc_id/A011"
+    with one_sensor(0.3) as c:
+        _listening(c)
+        first = c.get(path).json()["measurements"][0]["age_seconds"]
+        time.sleep(0.5)
+        assert c.get(path).json()["measurements"][0]["age_seconds"] >= first + 0.4
+    with one_sensor(0.0) as c:
+        _listening(c)
+        c.get(path)
+        c.get(path)
+        assert c.app.state.realtime_cache.renderings == 2  # type: ignore[attr-defined]
+
+
+def test_answers_are_not_reused_while_nothing_listens(
+    one_sensor: Callable[[float], TestClient], db: DatabaseSettings
+) -> None:
+    """Killing the listener's connection: answers are rendered afresh until it is back, and
+    what was rendered before it went away is never reused."""
+    path = "/api/v1/realtime/loc_id/A011"
+    with one_sensor(3600.0) as c:
+        changes = _listening(c)
+        c.get(path)
+        cache = c.app.state.realtime_cache  # type: ignore[attr-defined]
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query = 'LISTEN iotmon_data_changed' AND pid <> pg_backend_pid()"
+                " AND backend_start > now() - interval '1 minute'"
+            ).fetchall()
+        assert killed
+        wait_for(lambda: not changes.listening, 10, "the listener to notice")
+        # While it reconnects (or if it could not), changes are still seen at once.
+        _set_temperature(db, "26.5")
+        assert _temperature(c, path) == "26.5"
+        wait_for(lambda: changes.listening, 15, "the listener to reconnect")
+        before = cache.renderings
+        assert _temperature(c, path) == "26.5"
+        assert _temperature(c, path) == "26.5"
+        assert cache.renderings == before + 1
+
+
+def test_gzip_and_entity_tags(
+    one_sensor: Callable[[float], TestClient], db: DatabaseSettings
+) -> None:
+    path = "/api/v1/realtime/"
+    now = datetime.now(UTC)
+    for sensor, loc in (("TEMPIOT-A012", "A012"), ("TEMPIOT-B011", "B011")):
+        latest(db, sensor, loc, now, "24.0", "55", "25.1", ("normal", None, "normal"))
+    with one_sensor(3600.0) as c:
+        _listening(c)
+        plain = c.get(path, headers={"Accept-Encoding": "identity"})
+        assert plain.headers.get("content-encoding") is None
+        assert plain.headers["vary"] == "Accept-Encoding"
+        etag = plain.headers["etag"]
+        assert etag.startswith('W/"')
+        zipped = c.get(path, headers={"Accept-Encoding": "gzip"})
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert zipped.headers["etag"] == etag
+        assert zipped.content == plain.content  # the client decompressed it
+        assert int(zipped.headers["content-length"]) < len(plain.content)
+        # A client that has this answer gets 304 and no body; a strong-tag spelling matches
+        # too (weak comparison).
+        for tag in (etag, etag.removeprefix("W/"), f'"other", {etag}', "*"):
+            again = c.get(path, headers={"If-None-Match": tag})
+            assert again.status_code == 304 and again.content == b""
+            assert again.headers["etag"] == etag
+        assert c.get(path, headers={"If-None-Match": '"other"'}).status_code == 200
+        changes = c.app.state.changes  # type: ignore[attr-defined]
+        version = changes.version
+        _set_temperature(db, "27.5")
+        wait_for(lambda: changes.version > version, 5, "the change notification")
+        changed = c.get(path, headers={"If-None-Match": etag})
+        assert changed.status_code == 200 and changed.headers["etag"] != etag

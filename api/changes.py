@@ -1,0 +1,81 @@
+"""Which version of this deployment's realtime data the API has seen.
+
+Migration 008 makes PostgreSQL send a notification on ``iotmon_data_changed`` (payload: the
+schema) whenever a transaction that changed the latest readings or the locations commits.
+:class:`DataChanges` listens on one connection of its own and counts those notifications for
+our schema.  A rendered answer is reusable while the count it was rendered at is still the
+current one, so a new reading is visible as soon as its transaction commits.
+
+While the listening connection is down (PostgreSQL restarting, network), nothing is known to
+be unchanged: :attr:`DataChanges.listening` is false and callers render every answer afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "iotmon_data_changed"
+
+
+class DataChanges:
+    """A counter bumped by every change notification for ``schema``."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        probe_every_s: float = 30.0,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.probe_every_s = probe_every_s
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.version = 0
+        self.listening = False
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting with backoff after a lost connection."""
+        delay = self.retry_min_s
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await self._listen(conn)
+            except (psycopg.OperationalError, OSError) as exc:
+                if self.listening:
+                    log.warning("change notifications lost (%s); answers are not reused", exc)
+                    delay = self.retry_min_s
+                else:
+                    log.warning("cannot listen for change notifications: %s", exc)
+            finally:
+                self._stop_listening()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(f"LISTEN {CHANNEL}")
+        # Anything may have changed while nobody listened.
+        self.version += 1
+        self.listening = True
+        self.connected.set()
+        log.info("listening for change notifications")
+        while True:
+            async for notify in conn.notifies(timeout=self.probe_every_s):
+                if notify.payload == self.schema:
+                    self.version += 1
+            # A connection that went away without closing its socket shows up here.
+            await conn.execute("SELECT 1")
+
+    def _stop_listening(self) -> None:
+        self.listening = False
+        self.connected.clear()
+        self.version += 1
