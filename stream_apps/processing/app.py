@@ -23,12 +23,14 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter
 
 from iotmon.settings import Settings
+from schemas.aggregates import HourlyAggregate
 from schemas.readings import ReadingBatch
 from schemas.topics import TopicId, topic_name
 from stream_apps.common.directory import SensorDirectory, ThresholdDirectory
 from stream_apps.common.partitioning import partition_for
 from stream_apps.processing.batches import BatchSender
 from stream_apps.processing.engine import (
+    Changed,
     Context,
     Outputs,
     PartitionState,
@@ -166,16 +168,22 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     def add(name: TopicId, key: str, value: bytes) -> None:
         sender().add(out_names[name], partition_for(key, partitions), key.encode(), value)
 
+    def send_aggregate(agg: HourlyAggregate) -> None:
+        if agg.is_final:
+            metrics.finals.inc()
+        add("aggregates_hourly", agg.sensor_id, agg.model_dump_json().encode())
+
+    # Running hours and latest statuses changed by the records of the batch so far: sent
+    # once per key by write().
+    changed = Changed()
+
     def queue(outputs: Outputs, partition: int) -> None:
         for agg in outputs.aggregates:
-            if agg.is_final:
-                metrics.finals.inc()
-            add("aggregates_hourly", agg.sensor_id, agg.model_dump_json().encode())
+            send_aggregate(agg)
+        changed.update(outputs)
         for event in outputs.alerts:
             metrics.alert_events.labels(event.transition.value).inc()
             add("alerts", event.sensor_id, event.model_dump_json().encode())
-        for status in outputs.latest:
-            add("latest", status.sensor_id, status.model_dump_json().encode())
         if outputs.late:
             metrics.late.inc(len(outputs.late))
             sender().add(
@@ -269,6 +277,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def write() -> None:
         """The changed states (changelog) and the outputs of the records applied so far, as
         one record batch per topic partition."""
+        for agg in changed.aggregates():
+            send_aggregate(agg)
+        for status in changed.statuses():
+            add("latest", status.sensor_id, status.model_dump_json().encode())
+        changed.clear()
         states_store.write(sender())
         await sender().send()
 
@@ -344,6 +357,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 await write()
             except BaseException:
                 states_store.drop()  # cached states may be half updated
+                changed.clear()
                 raise
             # Correctness needs no flush here: Faust flushes the producer before it commits
             # offsets, and outputs lost in a crash after their state was saved are re-sent

@@ -67,11 +67,73 @@ class PartitionState(BaseModel):
 
 
 @dataclass
+class Changed:
+    """The open hours counted into and the newest status of each sensor.
+
+    Their messages carry a state as it is when they are built (an hour's running totals, a
+    sensor's newest reading), so however many records of a batch changed one, a single
+    message per key, built after the last of them, says everything: :meth:`update` merges
+    the changes of later records, :meth:`aggregates` and :meth:`statuses` build the
+    messages.  Building them per record was a fifth of the worker's time.
+    """
+
+    now: datetime | None = None
+    hours: dict[tuple[str, datetime], tuple[SensorState, HourWindow]] = field(default_factory=dict)
+    newest: dict[str, tuple[Reading, dict[str, Status | None]]] = field(default_factory=dict)
+
+    def update(self, later: Outputs) -> None:
+        """Add the changes of a later record."""
+        self.hours.update(later.changed.hours)
+        self.newest.update(later.changed.newest)
+        self.now = later.changed.now or self.now
+
+    def aggregates(self) -> list[HourlyAggregate]:
+        if not self.hours:
+            return []
+        now = self.now
+        assert now is not None
+        return [
+            window.aggregate(sid, state.loc_id, final=window.final_sent, now=now)
+            for (sid, hour_start), (state, window) in self.hours.items()
+            # Closed for good since (the final that closed it said everything).
+            if state.windows.get(hour_start) is window
+        ]
+
+    def statuses(self) -> list[SensorStatus]:
+        if not self.newest:
+            return []
+        now = self.now
+        assert now is not None
+        return [
+            SensorStatus(
+                sensor_id=sid,
+                loc_id=reading.loc_id,
+                capture_dt=reading.capture_dt,
+                temperature=reading.temperature,
+                humidity=reading.humidity,
+                pcv_temperature=reading.pcv_temperature,
+                pcv_computed=reading.pcv_computed,
+                temperature_status=statuses["temperature"],
+                humidity_status=statuses["humidity"],
+                pcv_temperature_status=statuses["pcv_temperature"],
+                updated_at=now,
+            )
+            for sid, (reading, statuses) in self.newest.items()
+        ]
+
+    def clear(self) -> None:
+        self.hours.clear()
+        self.newest.clear()
+
+
+@dataclass
 class Outputs:
+    # Decided in full when they are emitted: finals, and what an outbox re-sends.
     aggregates: list[HourlyAggregate] = field(default_factory=list)
     alerts: list[AlertEvent] = field(default_factory=list)
-    latest: list[SensorStatus] = field(default_factory=list)
     late: list[Reading] = field(default_factory=list)
+    # Running hours and latest statuses, built once per batch of records.
+    changed: Changed = field(default_factory=Changed)
 
     def extend(self, entry: OutboxEntry) -> None:
         self.aggregates.extend(entry.aggregates)
@@ -90,10 +152,6 @@ class Context:
     # The partition's committed offset, if known: records before it are never delivered
     # again, so their outbox entries can go (long before ``outbox_keep``).
     replay_from: int | None = None
-
-
-def _zone(ctx: Context, location: Location | None) -> str:
-    return location.timezone if location is not None else ctx.policy.timezone
 
 
 def _record(
@@ -134,26 +192,34 @@ def apply_batch(
     ctx: Context,
 ) -> Outputs:
     """Apply a batch of readings (record ``offset`` of the partition)."""
-    out = Outputs()
+    out = Outputs(changed=Changed(now=ctx.now))
     watermark = partition.watermark  # lateness is judged against the watermark before
     touched: dict[str, set[datetime]] = {}
     new_alerts: dict[str, list[AlertEvent]] = {}
-    newest: dict[str, tuple[Reading, dict[str, Status | None]]] = {}
+    newest = out.changed.newest
     skipped: set[str] = set()
+    # Looked up once per call: this loop runs per reading.
+    band_sets, location_of, now = ctx.thresholds.band_sets, ctx.location, ctx.now
+    default_zone, grace_end = ctx.policy.timezone, ctx.policy.closes_at
     for reading in readings:
         sid = reading.sensor_id
         state = states.get(sid)
         if state is None:
             state = states[sid] = SensorState(sensor_id=sid, loc_id=reading.loc_id)
-        if sid in skipped or (sid not in touched and _replayed(state, offset, out)):
-            skipped.add(sid)
-            continue
-        touched.setdefault(sid, set())
+        hours = touched.get(sid)
+        if hours is None:
+            if sid in skipped or _replayed(state, offset, out):
+                skipped.add(sid)
+                continue
+            hours = touched[sid] = set()
+        capture = reading.capture_dt
         if state.loc_id != reading.loc_id:
             state.loc_id = reading.loc_id
-        location = ctx.location(sid)
-        hour_start, ymd, hh = local_hour(reading.capture_dt, _zone(ctx, location))
-        late = (watermark is not None and ctx.policy.closes_at(hour_start) <= watermark) or (
+        location = location_of(sid)
+        hour_start, ymd, hh = local_hour(
+            capture, location.timezone if location is not None else default_zone
+        )
+        late = (watermark is not None and grace_end(hour_start) <= watermark) or (
             state.closed_through is not None and hour_start <= state.closed_through
         )
         if late:
@@ -165,32 +231,34 @@ def apply_batch(
                     hour_start=hour_start, ymd=ymd, hour=hh
                 )
             if window.add(reading):
-                touched[sid].add(hour_start)
+                hours.add(hour_start)
 
         statuses: dict[str, Status | None] = {}
-        for metric in METRICS:
+        alert_states = state.alerts
+        for metric, bands in zip(METRICS, band_sets(location), strict=True):
             value = getattr(reading, metric)
-            evaluation = ctx.thresholds.evaluate(metric, value, location)
+            evaluation = bands.evaluate(value)
             statuses[metric] = evaluation.status
-            alert_state = state.alerts.get(metric)
+            alert_state = alert_states.get(metric)
             if alert_state is None:
-                alert_state = state.alerts[metric] = MetricAlertState()
+                alert_state = alert_states[metric] = MetricAlertState()
             events = step(
                 alert_state,
                 Subject(sid, reading.loc_id, metric),
                 evaluation,
                 value,
-                reading.capture_dt,
-                ctx.now,
+                capture,
+                now,
             )
-            new_alerts.setdefault(sid, []).extend(events)
+            if events:
+                new_alerts.setdefault(sid, []).extend(events)
         if state.silent_alert_id is not None:
             new_alerts.setdefault(sid, []).append(
-                _silent_event(state, AlertTransition.RESOLVED, reading.capture_dt, ctx.now)
+                _silent_event(state, AlertTransition.RESOLVED, capture, now)
             )
             state.silent_alert_id = None
-        if state.last_capture is None or reading.capture_dt >= state.last_capture:
-            state.last_capture = reading.capture_dt
+        if state.last_capture is None or capture >= state.last_capture:
+            state.last_capture = capture
             newest[sid] = (reading, statuses)
         if state.last_seen is None or state.last_seen < record_time:
             state.last_seen = record_time
@@ -200,29 +268,10 @@ def apply_batch(
         state.last_offset = offset
         partition.sensors.add(sid)
         for hour_start in sorted(hours):
-            window = state.windows[hour_start]
-            out.aggregates.append(
-                window.aggregate(sid, state.loc_id, final=window.final_sent, now=ctx.now)
-            )
+            out.changed.hours[(sid, hour_start)] = (state, state.windows[hour_start])
         events = new_alerts.get(sid, [])
         out.alerts.extend(events)
         _record(state, offset, ctx, [], events)
-    for sid, (reading, statuses) in newest.items():
-        out.latest.append(
-            SensorStatus(
-                sensor_id=sid,
-                loc_id=reading.loc_id,
-                capture_dt=reading.capture_dt,
-                temperature=reading.temperature,
-                humidity=reading.humidity,
-                pcv_temperature=reading.pcv_temperature,
-                pcv_computed=reading.pcv_computed,
-                temperature_status=statuses["temperature"],
-                humidity_status=statuses["humidity"],
-                pcv_temperature_status=statuses["pcv_temperature"],
-                updated_at=ctx.now,
-            )
-        )
     if readings:
         newest_capture = max(r.capture_dt for r in readings)
         partition.watermark = max(partition.watermark or newest_capture, newest_capture)

@@ -14,6 +14,7 @@ from schemas.master import Location
 from schemas.readings import Reading
 from schemas.thresholds import Threshold
 from stream_apps.processing.engine import (
+    Changed,
     Context,
     PartitionState,
     SensorState,
@@ -217,10 +218,9 @@ def test_a_final_of_the_idle_clock_is_revised_by_data_that_arrives_after_it() ->
         (True, 1)
     ]
     out = apply_batch(partition, states, [reading(pause)], 2, pause, context(pause))
-    assert out.late == []
-    assert [(a.is_final, a.temperature.count) for a in out.aggregates if a.temperature] == [
-        (True, 2)
-    ]
+    assert out.late == [] and out.aggregates == []
+    revised = out.changed.aggregates()
+    assert [(a.is_final, a.temperature.count) for a in revised if a.temperature] == [(True, 2)]
     later = pause + timedelta(seconds=5)
     assert apply_tick(partition, states, later, 3, context(later)).aggregates == []
     # the data reaches 11:10:01 (+ grace past 10:00-11:00): closed for good
@@ -264,3 +264,44 @@ def test_the_outbox_keeps_only_what_a_replay_can_ask_for() -> None:
     assert sum(len(s.outbox) for s in pruned.values()) < sum(
         len(s.outbox) for s in kept_all.values()
     )
+
+
+def test_changes_of_a_batch_of_records_go_out_once_per_key() -> None:
+    """Three records touch the same sensors: one running aggregate per sensor-hour and one
+    latest status per sensor, as of the last record.  An hour that a tick closed for good
+    in the meantime is left to its final."""
+    readings = make_readings(3, 2, START, every_s=60, duplicates=0, shuffle_s=1)
+    partition, states = PartitionState(), dict[str, SensorState]()
+    changed = Changed()
+    size = len(readings) // 3 + 1
+    thirds = [readings[i : i + size] for i in range(0, len(readings), size)]
+    for offset, part in enumerate(thirds):
+        rt = max(r.capture_dt for r in part)
+        out = apply_batch(partition, states, part, offset, rt, context(rt))
+        assert out.late == []
+        changed.update(out)
+    aggregates = changed.aggregates()
+    keys = [(a.sensor_id, a.hour_start) for a in aggregates]
+    assert len(keys) == len(set(keys)) == 3 * 2
+    per_key = {(a.sensor_id, a.ymd, a.hour): as_row(a) for a in aggregates}
+    assert per_key == expected_hourly(readings)
+    statuses = changed.statuses()
+    assert sorted(s.sensor_id for s in statuses) == sorted(states)
+    for status in statuses:
+        assert status.capture_dt == max(
+            r.capture_dt for r in readings if r.sensor_id == status.sensor_id
+        )
+    # A tick closes the first hour for good: only the second is still built from here.
+    tick = START + timedelta(hours=2, minutes=11)
+    later = tick + timedelta(seconds=1)
+    apply_batch(
+        partition,
+        states,
+        [readings[-1].model_copy(update={"capture_dt": tick})],
+        3,
+        later,
+        context(later),
+    )
+    out = apply_tick(partition, states, later, 4, context(later))
+    assert {a.hour_start for a in out.aggregates} == {START, START + timedelta(hours=1)}
+    assert changed.aggregates() == []
