@@ -14,10 +14,11 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from schemas.aggregates import HourlyAggregate, MetricAggregate
-from schemas.common import METRICS, Metric
+from schemas.common import Metric
 from schemas.readings import Reading
 
 _HOUR = timedelta(hours=1)
+_MILLISECOND = timedelta(milliseconds=1)
 _CENT = Decimal("0.01")
 
 
@@ -26,11 +27,8 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-@lru_cache(maxsize=100_000)
-def _hour_start_cached(epoch_hour: int, tz_name: str) -> tuple[datetime, str, str]:
-    moment = datetime.fromtimestamp(epoch_hour * 3600, UTC).astimezone(_zone(tz_name))
-    local = moment.replace(minute=0, second=0, microsecond=0)
-    return local.astimezone(UTC), f"{local:%Y%m%d}", f"{local:%H}"
+_HOURS: dict[tuple[int, str], tuple[datetime, str, str]] = {}
+_HOURS_MAX = 100_000
 
 
 def local_hour(capture_dt: datetime, tz_name: str) -> tuple[datetime, str, str]:
@@ -39,11 +37,24 @@ def local_hour(capture_dt: datetime, tz_name: str) -> tuple[datetime, str, str]:
     Zones whose offset is not a whole number of hours are handled: the local hour is
     truncated in local time, not in UTC.
     """
-    local = capture_dt.astimezone(_zone(tz_name))
-    if local.utcoffset() and local.utcoffset() % _HOUR:  # type: ignore[operator]
-        start = local.replace(minute=0, second=0, microsecond=0)
-        return start.astimezone(UTC), f"{start:%Y%m%d}", f"{start:%H}"
-    return _hour_start_cached(int(capture_dt.timestamp() // 3600), tz_name)
+    epoch_hour = int(capture_dt.timestamp() // 3600)
+    key = (epoch_hour, tz_name)
+    found = _HOURS.get(key)
+    if found is not None:
+        return found
+    zone = _zone(tz_name)
+    local = capture_dt.astimezone(zone)
+    start = local.replace(minute=0, second=0, microsecond=0)
+    found = start.astimezone(UTC), f"{start:%Y%m%d}", f"{start:%H}"
+    # The answer holds for the whole UTC hour when the zone's offset is a whole number of
+    # hours at both its ends (no change of offset, or a change on the hour, inside it).
+    first = datetime.fromtimestamp(epoch_hour * 3600, UTC).astimezone(zone).utcoffset()
+    last = datetime.fromtimestamp(epoch_hour * 3600 + 3599, UTC).astimezone(zone).utcoffset()
+    if first == last and first is not None and not first % _HOUR:
+        if len(_HOURS) >= _HOURS_MAX:
+            _HOURS.clear()
+        _HOURS[key] = found
+    return found
 
 
 def round2(value: Decimal) -> Decimal:
@@ -94,14 +105,15 @@ class HourWindow:
 
     def add(self, reading: Reading) -> bool:
         """Count the reading; False (and no change) if it was counted before."""
-        offset = int((reading.capture_dt - self.hour_start).total_seconds() * 1000)
-        if offset in self.seen_ms:
+        offset = (reading.capture_dt - self.hour_start) // _MILLISECOND
+        seen = self.seen_ms
+        if offset in seen:
             return False
-        self.seen_ms.add(offset)
-        for metric in METRICS:
-            value = getattr(reading, metric)
-            if value is not None:
-                self.metric(metric).add(value)
+        seen.add(offset)
+        self.temperature.add(reading.temperature)
+        self.humidity.add(reading.humidity)
+        if reading.pcv_temperature is not None:
+            self.pcv_temperature.add(reading.pcv_temperature)
         return True
 
     def metric(self, metric: Metric) -> MetricWindow:
