@@ -14,12 +14,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from schemas.alerts import AlertEvent, AlertKind, AlertTransition
 from schemas.common import Status
 from schemas.thresholds import Threshold
 from stream_apps.processing.rules import STATUS_RANK, Evaluation
 
+_QUIET = (None, Status.NORMAL)
 NAMESPACE = uuid.UUID("6f1c3c52-8f0e-4b8e-9a39-1d6a2f8e7c11")
 
 
@@ -41,8 +43,7 @@ class MetricAlertState:  # a dataclass for cheap updates, like the windows
     lower_since: datetime | None = None  # below the active level since
 
 
-@dataclass(frozen=True)
-class Subject:
+class Subject(NamedTuple):  # one per reading and metric: a tuple is the cheapest to make
     sensor_id: str
     loc_id: str
     metric: str
@@ -86,6 +87,11 @@ def step(
     decided_at: datetime,
 ) -> list[AlertEvent]:
     """Advance the state with one reading; returns the alert events it causes (0 or 1)."""
+    if state.alert_id is None and evaluation.status in _QUIET:
+        # Nothing active and nothing to raise, by far the most common case.
+        if state.pending_level is not None or state.pending_since is not None:
+            state.pending_level = state.pending_since = None
+        return []
     effective = evaluation.status or Status.NORMAL
     band = evaluation.band
     active = state.alert_id is not None and state.level is not None

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from schemas.common import Metric, Status
+from schemas.common import METRICS, Metric, Status
 from schemas.master import Location
 from schemas.thresholds import LEVEL_PRIORITY, LEVEL_STATUS, Threshold
 
@@ -52,10 +52,36 @@ def in_scope(t: Threshold, location: Location | None) -> bool:
     )
 
 
-def matches(t: Threshold, value: Decimal) -> bool:
-    return (t.min_value is None or t.min_value <= value) and (
-        t.max_value is None or value <= t.max_value
-    )
+_NO_BANDS = Evaluation(None, None)
+_NORMAL = Evaluation(Status.NORMAL, None)
+
+
+@dataclass(frozen=True)
+class BandSet:
+    """The bands in force for one metric and place, in decision order: highest priority
+    first; among equals the narrower band, then the lower id.  The first band that matches
+    decides, so the result never depends on the order thresholds were loaded in."""
+
+    bands: tuple[Threshold, ...]
+    _ordered: tuple[tuple[Decimal | None, Decimal | None, Evaluation], ...]
+
+    @staticmethod
+    def of(bands: list[Threshold]) -> BandSet:
+        ordered = sorted(bands, key=lambda t: (-LEVEL_PRIORITY[t.level], _width(t), t.threshold_id))
+        return BandSet(
+            tuple(bands),
+            tuple(
+                (t.min_value, t.max_value, Evaluation(LEVEL_STATUS[t.level], t)) for t in ordered
+            ),
+        )
+
+    def evaluate(self, value: Decimal | None) -> Evaluation:
+        if not self._ordered or value is None:
+            return _NO_BANDS
+        for low, high, evaluation in self._ordered:
+            if (low is None or low <= value) and (high is None or value <= high):
+                return evaluation
+        return _NORMAL
 
 
 class ThresholdIndex:
@@ -65,23 +91,26 @@ class ThresholdIndex:
         self.by_metric: dict[str, list[Threshold]] = defaultdict(list)
         for t in thresholds:
             self.by_metric[t.threshold_type].append(t)
-        # bands_for per metric and place; the index is rebuilt when thresholds change, and
-        # the key holds every field of the place that scoping reads.
-        self._bands: dict[tuple[object, ...], list[Threshold]] = {}
+        # Band sets per place; the index is rebuilt when thresholds change, and the key holds
+        # every field of the place that scoping reads.
+        self._sets: dict[tuple[object, ...] | None, tuple[BandSet, ...]] = {}
 
-    def bands_for(self, metric: Metric, location: Location | None) -> list[Threshold]:
-        """The bands of the most specific scope that has any for this metric and place."""
+    def band_sets(self, location: Location | None) -> tuple[BandSet, ...]:
+        """The band sets of every metric (in ``METRICS`` order) at this place."""
         key = (
-            (metric, None, None, None, None)
+            None
             if location is None
-            else (metric, location.loc_id, location.factory, location.building, location.floor)
+            else (location.loc_id, location.factory, location.building, location.floor)
         )
-        bands = self._bands.get(key)
-        if bands is None:
-            bands = self._bands[key] = self._bands_for(metric, location)
-        return bands
+        found = self._sets.get(key)
+        if found is None:
+            found = self._sets[key] = tuple(
+                BandSet.of(self._bands_for(metric, location)) for metric in METRICS
+            )
+        return found
 
     def _bands_for(self, metric: Metric, location: Location | None) -> list[Threshold]:
+        """The bands of the most specific scope that has any for this metric and place."""
         candidates = [t for t in self.by_metric.get(metric, ()) if in_scope(t, location)]
         if not candidates:
             return []
@@ -91,19 +120,7 @@ class ThresholdIndex:
     def evaluate(
         self, metric: Metric, value: Decimal | None, location: Location | None
     ) -> Evaluation:
-        bands = self.bands_for(metric, location)
-        if not bands or value is None:
-            return Evaluation(None, None)
-        matched = [t for t in bands if matches(t, value)]
-        if not matched:
-            return Evaluation(Status.NORMAL, None)
-        # Highest priority wins; among equals the narrower band (then the lower id) decides,
-        # so that the result never depends on the order thresholds were loaded in.
-        top = max(
-            matched,
-            key=lambda t: (LEVEL_PRIORITY[t.level], -_width(t), -t.threshold_id),
-        )
-        return Evaluation(LEVEL_STATUS[top.level], top)
+        return self.band_sets(location)[METRICS.index(metric)].evaluate(value)
 
 
 def _width(t: Threshold) -> Decimal:

@@ -91,3 +91,19 @@ def test_the_most_specific_scope_with_bands_wins() -> None:
     elsewhere = Location(loc_id="C001", factory="JangNim")
     assert index.evaluate("pcv_temperature", Decimal("29"), elsewhere).status == Status.NORMAL
     assert index.evaluate("pcv_temperature", Decimal("29"), None).status == Status.NORMAL
+
+
+def test_among_equal_levels_the_narrower_band_then_the_lower_id_decides() -> None:
+    bands = [
+        band(7, "red", "30", None),
+        band(5, "red", "30", "40"),
+        band(9, "red", "32", "36"),
+        band(3, "red", "32", "36"),
+    ]
+    for ordering in (bands, bands[::-1], bands[1:] + bands[:1]):
+        index = ThresholdIndex(ordering)
+        decided = [
+            index.evaluate("pcv_temperature", Decimal(v), PLACE).band.threshold_id  # type: ignore[union-attr]
+            for v in ("33", "38", "45")
+        ]
+        assert decided == [3, 5, 7]
