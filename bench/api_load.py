@@ -7,8 +7,12 @@ a latest status, and one hourly aggregate per hour for ``--days`` days (8.76 mil
 default), written with one INSERT ... SELECT.  It then starts ``iotmon api`` as a separate
 process and drives it with concurrent closed-loop clients (httpx, asyncio) for each
 scenario.  The baseline in the same run is ``/health`` at the same concurrency: the most
-this machine's HTTP stack answers with no database work at all.  The load generator runs on
-the same cores as the server and the database, so every number is a floor.
+this machine's HTTP stack answers with no database work at all.
+
+On a machine with two or more cores the load generator gets the last core to itself and the
+API the others (``--no-pin`` shares them all), the way clients on other machines would leave
+the server its cores; PostgreSQL is not pinned.  Clients ask for gzip, as browsers and HTTP
+libraries do, and decompress every answer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +141,40 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Which cores the API and the load generator run on (None: all of them)."""
+
+    server: set[int] | None
+    client: set[int] | None
+
+    @staticmethod
+    def split(pin: bool) -> Cores:
+        available = sorted(os.sched_getaffinity(0))
+        if not pin or len(available) < 2:
+            return Cores(None, None)
+        return Cores(set(available[:-1]), {available[-1]})
+
+    def describe(self) -> str:
+        if self.server is None or self.client is None:
+            return "not pinned: load generator and API share every core"
+        return f"API on cores {sorted(self.server)}, load generator on {sorted(self.client)}"
+
+
+@contextmanager
+def pinned(cores: set[int] | None) -> Iterator[None]:
+    """Run the block (and the processes it starts, which inherit it) on ``cores``."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
@@ -275,7 +315,11 @@ def main() -> None:
     parser.add_argument(
         "--python-client", action="store_true", help="drive the load with httpx even if hey exists"
     )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let the load generator share the API's cores"
+    )
     args = parser.parse_args()
+    cores = Cores.split(not args.no_pin)
 
     base_settings = Settings()
     settings = base_settings.model_copy(
@@ -291,17 +335,19 @@ def main() -> None:
     assert row is not None
     month = row[0]
     port = _free_port()
-    api = start_api(settings, port)
+    with pinned(cores.server):
+        api = start_api(settings, port)
     hey = None if args.python_client else hey_binary()
-    print(f"load generator: {hey or 'python httpx client'}")
+    print(f"load generator: {hey or 'python httpx client'}; {cores.describe()}")
     rows = []
     try:
         for scenario in scenarios(month, args.clients):
             base = f"http://127.0.0.1:{port}"
-            if hey:
-                result = drive_hey(hey, base, scenario, args.duration)
-            else:
-                result = asyncio.run(drive(base, scenario, args.duration))
+            with pinned(cores.client):
+                if hey:
+                    result = drive_hey(hey, base, scenario, args.duration)
+                else:
+                    result = asyncio.run(drive(base, scenario, args.duration))
             print(result, flush=True)
             rows.append(result)
     finally:
@@ -328,6 +374,7 @@ def main() -> None:
             "days": args.days,
             "duration_s_per_scenario": args.duration,
             "load_generator": "hey" if hey else "python httpx",
+            "cores": cores.describe(),
             **data,
         },
         plot=("scenario", "p99_ms", "p99 latency (ms)"),
