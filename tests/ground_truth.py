@@ -17,6 +17,20 @@ from stream_apps.processing.rules import ThresholdIndex
 KST = ZoneInfo("Asia/Seoul")
 
 
+def one_reading(capture: datetime, received: datetime) -> Reading:
+    """One reading of TEMPIOT-A011 (25.0 °C, 50 %, no perceived temperature)."""
+    return Reading(
+        sensor_id="TEMPIOT-A011",
+        loc_id="A011",
+        capture_dt=capture,
+        temperature=Decimal("25.0"),
+        humidity=Decimal("50.0"),
+        pcv_temperature=None,
+        source="mqtt",
+        received_at=received,
+    )
+
+
 def make_readings(
     sensors: int,
     hours: int,

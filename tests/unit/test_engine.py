@@ -23,7 +23,7 @@ from stream_apps.processing.engine import (
 )
 from stream_apps.processing.rules import ThresholdIndex
 from stream_apps.processing.windows import WindowPolicy, average
-from tests.ground_truth import expected_hourly, make_readings
+from tests.ground_truth import expected_hourly, make_readings, one_reading
 
 pytestmark = pytest.mark.unit
 
@@ -161,19 +161,6 @@ def test_a_reading_after_its_hour_closed_is_late_and_kept() -> None:
     stray = readings[0].model_copy(update={"capture_dt": START + timedelta(minutes=30, seconds=1)})
     out = apply_batch(partition, states, [stray], 2, END, context(END))
     assert out.late == [stray]
-
-
-def one_reading(capture: datetime, received: datetime) -> Reading:
-    return Reading(
-        sensor_id="TEMPIOT-A011",
-        loc_id="A011",
-        capture_dt=capture,
-        temperature=Decimal("25.0"),
-        humidity=Decimal("50.0"),
-        pcv_temperature=None,
-        source="mqtt",
-        received_at=received,
-    )
 
 
 def test_idle_partition_closes_by_the_tick_clock_and_silent_sensors_alert() -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from schemas.readings import Reading
 from stream_apps.processing.windows import HourWindow, local_hour
+from tests.ground_truth import one_reading
 
 
 def reference(capture: datetime, zone: str) -> tuple[datetime, str, str]:
@@ -48,26 +47,13 @@ def test_local_hour_agrees_with_the_zone_database(zone: str) -> None:
             assert local_hour(capture, zone) == reference(capture, zone), capture
 
 
-def reading(capture: datetime) -> Reading:
-    return Reading(
-        sensor_id="TEMPIOT-A011",
-        loc_id="A011",
-        capture_dt=capture,
-        temperature=Decimal("25.0"),
-        humidity=Decimal("50.0"),
-        pcv_temperature=None,
-        source="mqtt",
-        received_at=capture,
-    )
-
-
 def test_readings_a_millisecond_apart_are_two_readings() -> None:
     """The capture instants an hour has counted are kept in whole milliseconds; computing
     them through floating-point seconds once mapped x.000 s and x.001 s to the same one."""
     hour = datetime(2025, 9, 12, 5, tzinfo=UTC)
     window = HourWindow(hour_start=hour, ymd="20250912", hour="14")
     for ms in (1000, 1001, 1002, 3_599_999):
-        assert window.add(reading(hour + timedelta(milliseconds=ms)))
-    assert not window.add(reading(hour + timedelta(milliseconds=1001)))
+        assert window.add(one_reading(hour + timedelta(milliseconds=ms), hour))
+    assert not window.add(one_reading(hour + timedelta(milliseconds=1001), hour))
     assert window.temperature.count == 4
     assert window.pcv_temperature.count == 0
