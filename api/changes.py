@@ -50,7 +50,7 @@ class DataChanges:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     await self._listen(conn)
-            except (psycopg.OperationalError, OSError) as exc:
+            except (psycopg.Error, OSError) as exc:
                 if self.listening:
                     log.warning("change notifications lost (%s); answers are not reused", exc)
                     delay = self.retry_min_s
