@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):  # its errors were logged where raised
                 await listening
             await pool.close()
 

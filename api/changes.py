@@ -30,13 +30,15 @@ class DataChanges:
         self,
         url: str,
         schema: str,
-        probe_every_s: float = 30.0,
+        probe_every_s: float = 10.0,
+        probe_timeout_s: float = 5.0,
         retry_min_s: float = 0.5,
         retry_max_s: float = 10.0,
     ) -> None:
         self.url = url
         self.schema = schema
         self.probe_every_s = probe_every_s
+        self.probe_timeout_s = probe_timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.version = 0
@@ -48,14 +50,25 @@ class DataChanges:
         delay = self.retry_min_s
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                # Keepalives: a connection that vanished without closing (failover, a
+                # dropped NAT entry) is noticed in seconds, not after TCP's retransmissions.
+                async with await psycopg.AsyncConnection.connect(
+                    self.url,
+                    autocommit=True,
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                ) as conn:
                     await self._listen(conn)
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError) as exc:  # TimeoutError is an OSError
                 if self.listening:
                     log.warning("change notifications lost (%s); answers are not reused", exc)
                     delay = self.retry_min_s
                 else:
                     log.warning("cannot listen for change notifications: %s", exc)
+            except Exception:
+                log.exception("change listener failed; answers are not reused until it is back")
             finally:
                 self._stop_listening()
             await asyncio.sleep(delay)
@@ -73,7 +86,12 @@ class DataChanges:
                 if notify.payload == self.schema:
                     self.version += 1
             # A connection that went away without closing its socket shows up here.
-            await conn.execute("SELECT 1")
+            await asyncio.wait_for(conn.execute("SELECT 1"), self.probe_timeout_s)
+
+    def changed(self) -> None:
+        """A change this process made itself: answers rendered before it are not reused,
+        even before its notification arrives (read your own writes)."""
+        self.version += 1
 
     def _stop_listening(self) -> None:
         self.listening = False

@@ -11,12 +11,13 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, UploadFile
+from fastapi import APIRouter, HTTPException, Path, Query, Request, UploadFile
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api.changes import DataChanges
 from api.deps import AppSettings, CanOperate, CanRead, Conn
 from api.filters import equal
 from producers.masterdata import (
@@ -173,9 +174,16 @@ async def sensor(
     return rows[0]
 
 
+def _changed(request: Request) -> None:
+    """Realtime answers of this process rendered before the change are not reused."""
+    changes: DataChanges | None = getattr(request.app.state, "changes", None)
+    if changes is not None:
+        changes.changed()
+
+
 @router.post("/", dependencies=[CanOperate])
 async def upsert_sensor(
-    conn: Conn, settings: AppSettings, body: SensorLocationIn
+    request: Request, conn: Conn, settings: AppSettings, body: SensorLocationIn
 ) -> SensorLocation:
     """Create or update a sensor with its location; running stream apps see it within
     seconds (compacted sensors topic)."""
@@ -184,6 +192,7 @@ async def upsert_sensor(
     await run_in_threadpool(
         import_master_data, settings.db, settings.kafka, MasterData([body.location], [body.sensor])
     )
+    _changed(request)
     rows = await _rows(conn, sql.SQL("s.sensor_id = %s"), (body.sensor.sensor_id,))
     return rows[0]
 
@@ -200,6 +209,7 @@ def _merged(doc: dict[str, Any], model: type[Location] | type[Sensor]) -> Any:
 
 @router.put("/{sensor_id}", dependencies=[CanOperate])
 async def update_sensor(
+    request: Request,
     conn: Conn,
     settings: AppSettings,
     sensor_id: Annotated[str, Path(pattern=SENSOR_ID_PATTERN)],
@@ -236,11 +246,13 @@ async def update_sensor(
     await run_in_threadpool(
         import_master_data, settings.db, settings.kafka, MasterData([location], [sensor])
     )
+    _changed(request)
     return (await _rows(conn, sql.SQL("s.sensor_id = %s"), (sensor_id,)))[0]
 
 
 @router.delete("/{sensor_id}", dependencies=[CanOperate])
 async def delete_sensor(
+    request: Request,
     conn: Conn,
     settings: AppSettings,
     sensor_id: Annotated[str, Path(pattern=SENSOR_ID_PATTERN)],
@@ -254,6 +266,7 @@ async def delete_sensor(
     await conn.execute("DELETE FROM sensors WHERE sensor_id = %s", (sensor_id,))
     await conn.execute("DELETE FROM latest_readings WHERE sensor_id = %s", (sensor_id,))
     await conn.commit()
+    _changed(request)
     record = SensorRecord(
         sensor=Sensor(sensor_id=sensor_id, loc_id=current.loc_id, name=current.sensor_name),
         location=Location.model_validate(current.model_dump(exclude={"sensor_id", "sensor_name"})),
@@ -266,7 +279,7 @@ async def delete_sensor(
 
 @router.delete("/loc/{loc_id}", dependencies=[CanOperate])
 async def delete_location(
-    conn: Conn, loc_id: Annotated[str, Path(pattern=LOC_ID_PATTERN)]
+    request: Request, conn: Conn, loc_id: Annotated[str, Path(pattern=LOC_ID_PATTERN)]
 ) -> dict[str, str]:
     """Delete a location that no sensor is installed at (409 otherwise)."""
     async with conn.cursor() as cur:
@@ -279,13 +292,14 @@ async def delete_location(
         await cur.execute("DELETE FROM locations WHERE loc_id = %s", (loc_id,))
         deleted = cur.rowcount
     await conn.commit()
+    _changed(request)
     if not deleted:
         raise HTTPException(404, f"location {loc_id} does not exist")
     return {"deleted": loc_id}
 
 
 @router.post("/upload", dependencies=[CanOperate])
-async def upload(settings: AppSettings, file: UploadFile) -> ImportSummary:
+async def upload(request: Request, settings: AppSettings, file: UploadFile) -> ImportSummary:
     """Import a CSV file with one row per sensor and its location's columns (the format of
     `iotmon locations import`), all or nothing."""
     raw = await file.read(_MAX_UPLOAD_BYTES + 1)
@@ -306,6 +320,7 @@ async def upload(settings: AppSettings, file: UploadFile) -> ImportSummary:
     except MasterDataError as exc:
         raise HTTPException(422, str(exc)) from None
     records = await run_in_threadpool(import_master_data, settings.db, settings.kafka, data)
+    _changed(request)
     return ImportSummary(
         locations=len(data.locations), sensors=len(data.sensors), published=len(records)
     )

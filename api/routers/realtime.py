@@ -145,7 +145,19 @@ class ResponseCache:
 
 
 def _accepts_gzip(request: Request) -> bool:
-    return "gzip" in request.headers.get("accept-encoding", "")
+    """Accept-Encoding lists gzip (or ``*``) with a non-zero quality (RFC 9110 12.5.3)."""
+    qualities: dict[str, float] = {}
+    for item in request.headers.get("accept-encoding", "").split(","):
+        coding, _, params = item.strip().partition(";")
+        quality = 1.0
+        name, _, value = params.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(value)
+            except ValueError:
+                quality = 0.0
+        qualities[coding.strip().lower()] = quality
+    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
 
 
 def _matches(request: Request, etag: str) -> bool:

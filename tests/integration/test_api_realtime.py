@@ -274,3 +274,47 @@ def test_gzip_and_entity_tags(
         wait_for(lambda: changes.version > version, 5, "the change notification")
         changed = c.get(path, headers={"If-None-Match": etag})
         assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+def test_own_changes_are_visible_before_their_notification(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
+) -> None:
+    """A sensor deleted through this API is gone from its next realtime answer, even when
+    the database's notification has not reached the listener yet."""
+    import_master_data(db, kafka, load_file(EXAMPLES / "locations.csv"))
+    now = datetime.now(UTC)
+    for sensor, loc in (("TEMPIOT-A011", "A011"), ("TEMPIOT-A012", "A012")):
+        latest(db, sensor, loc, now, "24.0", "55", "25.1", ("normal", None, "normal"))
+    api = stack.api.model_copy(update={"realtime_cache_s": 3600.0, "tokens": {"op": "operator"}})
+    settings = stack.model_copy(update={"kafka": kafka, "db": db, "api": api})
+    with TestClient(create_app(settings)) as c:
+        changes = _listening(c)
+        changes.schema = "not-this-one"  # notifications for our schema are ignored from here
+        before = [m["sensor_id"] for m in c.get("/api/v1/realtime/").json()["measurements"]]
+        assert before == ["TEMPIOT-A011", "TEMPIOT-A012"]
+        r = c.delete("/api/v1/location/TEMPIOT-A012", headers={"Authorization": "Bearer op"})
+        assert r.status_code == 200
+        after = [m["sensor_id"] for m in c.get("/api/v1/realtime/").json()["measurements"]]
+        assert after == ["TEMPIOT-A011"]
+
+
+def test_gzip_only_for_clients_that_accept_it(
+    one_sensor: Callable[[float], TestClient], db: DatabaseSettings
+) -> None:
+    now = datetime.now(UTC)
+    for sensor, loc in (("TEMPIOT-A012", "A012"), ("TEMPIOT-B011", "B011")):
+        latest(db, sensor, loc, now, "24.0", "55", "25.1", ("normal", None, "normal"))
+    with one_sensor(3600.0) as c:
+        for header, zipped in (
+            ("gzip", True),
+            ("br, gzip;q=0.5", True),
+            ("*", True),
+            ("gzip;q=0, identity", False),
+            ("gzip; q=0.0", False),
+            ("*;q=0", False),
+            ("br", False),
+            ("identity", False),
+        ):
+            r = c.get("/api/v1/realtime/", headers={"Accept-Encoding": header})
+            assert (r.headers.get("content-encoding") == "gzip") is zipped, header
+            assert len(r.json()["measurements"]) == 3
