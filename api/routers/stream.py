@@ -1,7 +1,10 @@
 """Live views as Server-Sent Events, read straight from Kafka (`/api/v1/stream/...`).
 
 * ``/stream/realtime``: every new latest status of a sensor (the compacted latest topic), in
-  the shape of one ``/realtime`` measurement.
+  the shape of one ``/realtime`` measurement.  The worker writes one per sensor and batch
+  of records it processed (at most 200 records, tens of milliseconds), the newest; a status
+  that a newer reading replaced within the same batch is not sent, while the alert events
+  it caused are.
 * ``/stream/alerts``: every alert event (raised, escalated, de-escalated, resolved).
 
 Each connection reads the topic with its own consumer (no consumer group, nothing committed).

@@ -82,7 +82,10 @@ class Changed:
     newest: dict[str, tuple[Reading, dict[str, Status | None]]] = field(default_factory=dict)
 
     def update(self, later: Outputs) -> None:
-        """Add the changes of a later record."""
+        """Add the changes of a later record.  An hour that record finalized from its
+        current window needs nothing more: the final says everything counted so far."""
+        for key in later.finalized:
+            self.hours.pop(key, None)
         self.hours.update(later.changed.hours)
         self.newest.update(later.changed.newest)
         self.now = later.changed.now or self.now
@@ -134,6 +137,9 @@ class Outputs:
     late: list[Reading] = field(default_factory=list)
     # Running hours and latest statuses, built once per batch of records.
     changed: Changed = field(default_factory=Changed)
+    # Sensor-hours whose final in ``aggregates`` was built now from the current window (not
+    # re-sent from an outbox).
+    finalized: list[tuple[str, datetime]] = field(default_factory=list)
 
     def extend(self, entry: OutboxEntry) -> None:
         self.aggregates.extend(entry.aggregates)
@@ -351,6 +357,7 @@ def apply_tick(
                     continue  # closed by the idle clock before, nothing new since
                 window.final_sent = True
                 finals.append(window.aggregate(sid, state.loc_id, final=True, now=ctx.now))
+                out.finalized.append((sid, hour_start))
         alerts = []
         if (
             state.silent_alert_id is None

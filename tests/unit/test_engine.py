@@ -292,3 +292,27 @@ def test_changes_of_a_batch_of_records_go_out_once_per_key() -> None:
     out = apply_tick(partition, states, later, 4, context(later))
     assert {a.hour_start for a in out.aggregates} == {START, START + timedelta(hours=1)}
     assert changed.aggregates() == []
+
+
+def test_an_hour_finalized_later_in_the_batch_goes_out_once() -> None:
+    """Readings of an hour, then a tick that closes it by the idle clock, in one batch of
+    records: the tick's final is the only message for that hour.  Readings after it in the
+    same batch make the running message a newer final again."""
+    now = datetime(2026, 11, 26, 11, 20, tzinfo=UTC)
+
+    def reading(recorded: datetime) -> Reading:
+        return one_reading(recorded - timedelta(minutes=30), recorded)
+
+    partition, states = PartitionState(), dict[str, SensorState]()
+    changed = Changed()
+    changed.update(apply_batch(partition, states, [reading(now)], 0, now, context(now)))
+    pause = now + timedelta(seconds=75)
+    tick = apply_tick(partition, states, pause, 1, context(pause))
+    assert [(a.is_final, a.temperature.count) for a in tick.aggregates if a.temperature] == [
+        (True, 1)
+    ]
+    changed.update(tick)
+    assert changed.aggregates() == []
+    changed.update(apply_batch(partition, states, [reading(pause)], 2, pause, context(pause)))
+    revised = changed.aggregates()
+    assert [(a.is_final, a.temperature.count) for a in revised if a.temperature] == [(True, 2)]
