@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +27,16 @@ from api.routers import (
     thresholds,
 )
 from iotmon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _report_listener_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "the change listener stopped; realtime answers are no longer reused",
+            exc_info=task.exception(),
+        )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,12 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
         changes = DataChanges(settings.db.url, settings.db.db_schema)
         app.state.changes = changes
         listening = asyncio.create_task(changes.run(), name="change-notifications")
+        listening.add_done_callback(_report_listener_end)
         try:
             yield
         finally:
             listening.cancel()
-            with contextlib.suppress(BaseException):  # its errors were logged where raised
-                await listening
+            await asyncio.wait([listening])
             await pool.close()
 
     app = FastAPI(title="iotmon", version="0.1.0", lifespan=lifespan)

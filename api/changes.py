@@ -8,6 +8,8 @@ current one, so a new reading is visible as soon as its transaction commits.
 
 While the listening connection is down (PostgreSQL restarting, network), nothing is known to
 be unchanged: :attr:`DataChanges.listening` is false and callers render every answer afresh.
+Database and network errors are retried; anything else is a bug and ends the listener (the
+API keeps answering, without reuse, and logs it).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ class DataChanges:
         self.retry_max_s = retry_max_s
         self.version = 0
         self.listening = False
-        self.connected = asyncio.Event()
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff after a lost connection."""
@@ -67,8 +68,6 @@ class DataChanges:
                     delay = self.retry_min_s
                 else:
                     log.warning("cannot listen for change notifications: %s", exc)
-            except Exception:
-                log.exception("change listener failed; answers are not reused until it is back")
             finally:
                 self._stop_listening()
             await asyncio.sleep(delay)
@@ -79,7 +78,6 @@ class DataChanges:
         # Anything may have changed while nobody listened.
         self.version += 1
         self.listening = True
-        self.connected.set()
         log.info("listening for change notifications")
         while True:
             async for notify in conn.notifies(timeout=self.probe_every_s):
@@ -95,5 +93,4 @@ class DataChanges:
 
     def _stop_listening(self) -> None:
         self.listening = False
-        self.connected.clear()
         self.version += 1

@@ -13,8 +13,8 @@ an alert per reading everywhere at once).  Each reading carries its publish time
 ``capture_dt``.  Latency (a) is the time the
 alert event is read from Kafka minus that time.  Latency (b) is the time a poller (one HTTP
 client polling the realtime answers of a few sample floors, every 10 ms) first sees that
-``capture_dt``, minus that
-time.  So (b) includes up to one round of polls (reported).  Every clock is this machine's.
+``capture_dt``, minus that time.  So (b) includes up to one round of polls (reported).
+Every clock is this machine's.
 With ``--stages`` the same run reads the topics between the stages too and splits the
 latency by stage; those readers share the cores with the pipeline, so the headline numbers
 come from runs without them.

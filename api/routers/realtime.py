@@ -74,7 +74,10 @@ def decimal_text(value: Decimal | None) -> str | None:
     return text + "0" if text.endswith(".") else text
 
 
-@dataclass(frozen=True)
+_GZIP_MIN_BYTES = 1000
+
+
+@dataclass
 class Rendered:
     """One rendered answer: the JSON body, its entity tag, and (once asked for) gzipped."""
 
@@ -82,17 +85,16 @@ class Rendered:
     started: float  # monotonic clock when its rendering began
     version: int | None  # DataChanges.version then; None when nothing was listening
     etag: str = field(init=False)
-    _gzipped: list[bytes] = field(default_factory=list, init=False, repr=False)
+    _gzipped: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Weak: the gzipped and the identity body are the same entity.
-        digest = hashlib.blake2b(self.body, digest_size=12).hexdigest()
-        object.__setattr__(self, "etag", f'W/"{digest}"')
+        self.etag = f'W/"{hashlib.blake2b(self.body, digest_size=12).hexdigest()}"'
 
     def gzipped(self) -> bytes:
-        if not self._gzipped:
-            self._gzipped.append(gzip.compress(self.body, compresslevel=6, mtime=0))
-        return self._gzipped[0]
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
+        return self._gzipped
 
 
 class ResponseCache:
@@ -190,9 +192,6 @@ async def _answer(request: Request, settings: Settings, where: dict[str, Any]) -
         headers["Content-Encoding"] = "gzip"
         return Response(answer.gzipped(), media_type="application/json", headers=headers)
     return Response(answer.body, media_type="application/json", headers=headers)
-
-
-_GZIP_MIN_BYTES = 1000
 
 
 async def _realtime(

@@ -277,9 +277,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def write() -> None:
         """The changed states (changelog) and the outputs of the records applied so far, as
         one record batch per topic partition."""
-        for agg in changed.aggregates():
+        now = datetime.now(UTC)
+        for agg in changed.aggregates(now):
             send_aggregate(agg)
-        for status in changed.statuses():
+        for status in changed.statuses(now):
             add("latest", status.sensor_id, status.model_dump_json().encode())
         changed.clear()
         states_store.write(sender())

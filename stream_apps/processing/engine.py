@@ -74,10 +74,10 @@ class Changed:
     sensor's newest reading), so however many records of a batch changed one, a single
     message per key, built after the last of them, says everything: :meth:`update` merges
     the changes of later records, :meth:`aggregates` and :meth:`statuses` build the
-    messages.  Building them per record was a fifth of the worker's time.
+    messages (``now``: their ``updated_at``).  Building them per record was a fifth of the
+    worker's time.
     """
 
-    now: datetime | None = None
     hours: dict[tuple[str, datetime], tuple[SensorState, HourWindow]] = field(default_factory=dict)
     newest: dict[str, tuple[Reading, dict[str, Status | None]]] = field(default_factory=dict)
 
@@ -88,13 +88,8 @@ class Changed:
             self.hours.pop(key, None)
         self.hours.update(later.changed.hours)
         self.newest.update(later.changed.newest)
-        self.now = later.changed.now or self.now
 
-    def aggregates(self) -> list[HourlyAggregate]:
-        if not self.hours:
-            return []
-        now = self.now
-        assert now is not None
+    def aggregates(self, now: datetime) -> list[HourlyAggregate]:
         return [
             window.aggregate(sid, state.loc_id, final=window.final_sent, now=now)
             for (sid, hour_start), (state, window) in self.hours.items()
@@ -102,11 +97,7 @@ class Changed:
             if state.windows.get(hour_start) is window
         ]
 
-    def statuses(self) -> list[SensorStatus]:
-        if not self.newest:
-            return []
-        now = self.now
-        assert now is not None
+    def statuses(self, now: datetime) -> list[SensorStatus]:
         return [
             SensorStatus(
                 sensor_id=sid,
@@ -198,7 +189,7 @@ def apply_batch(
     ctx: Context,
 ) -> Outputs:
     """Apply a batch of readings (record ``offset`` of the partition)."""
-    out = Outputs(changed=Changed(now=ctx.now))
+    out = Outputs()
     watermark = partition.watermark  # lateness is judged against the watermark before
     touched: dict[str, set[datetime]] = {}
     new_alerts: dict[str, list[AlertEvent]] = {}

@@ -62,17 +62,13 @@ class BandSet:
     first; among equals the narrower band, then the lower id.  The first band that matches
     decides, so the result never depends on the order thresholds were loaded in."""
 
-    bands: tuple[Threshold, ...]
     _ordered: tuple[tuple[Decimal | None, Decimal | None, Evaluation], ...]
 
     @staticmethod
     def of(bands: list[Threshold]) -> BandSet:
         ordered = sorted(bands, key=lambda t: (-LEVEL_PRIORITY[t.level], _width(t), t.threshold_id))
         return BandSet(
-            tuple(bands),
-            tuple(
-                (t.min_value, t.max_value, Evaluation(LEVEL_STATUS[t.level], t)) for t in ordered
-            ),
+            tuple((t.min_value, t.max_value, Evaluation(LEVEL_STATUS[t.level], t)) for t in ordered)
         )
 
     def evaluate(self, value: Decimal | None) -> Evaluation:

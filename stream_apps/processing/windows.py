@@ -14,7 +14,6 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from schemas.aggregates import HourlyAggregate, MetricAggregate
-from schemas.common import Metric
 from schemas.readings import Reading
 
 _HOUR = timedelta(hours=1)
@@ -115,10 +114,6 @@ class HourWindow:
         if reading.pcv_temperature is not None:
             self.pcv_temperature.add(reading.pcv_temperature)
         return True
-
-    def metric(self, metric: Metric) -> MetricWindow:
-        window: MetricWindow = getattr(self, metric)
-        return window
 
     def aggregate(
         self, sensor_id: str, loc_id: str, *, final: bool, now: datetime

@@ -206,7 +206,7 @@ def test_a_final_of_the_idle_clock_is_revised_by_data_that_arrives_after_it() ->
     ]
     out = apply_batch(partition, states, [reading(pause)], 2, pause, context(pause))
     assert out.late == [] and out.aggregates == []
-    revised = out.changed.aggregates()
+    revised = out.changed.aggregates(pause)
     assert [(a.is_final, a.temperature.count) for a in revised if a.temperature] == [(True, 2)]
     later = pause + timedelta(seconds=5)
     assert apply_tick(partition, states, later, 3, context(later)).aggregates == []
@@ -267,12 +267,12 @@ def test_changes_of_a_batch_of_records_go_out_once_per_key() -> None:
         out = apply_batch(partition, states, part, offset, rt, context(rt))
         assert out.late == []
         changed.update(out)
-    aggregates = changed.aggregates()
+    aggregates = changed.aggregates(END)
     keys = [(a.sensor_id, a.hour_start) for a in aggregates]
     assert len(keys) == len(set(keys)) == 3 * 2
     per_key = {(a.sensor_id, a.ymd, a.hour): as_row(a) for a in aggregates}
     assert per_key == expected_hourly(readings)
-    statuses = changed.statuses()
+    statuses = changed.statuses(END)
     assert sorted(s.sensor_id for s in statuses) == sorted(states)
     for status in statuses:
         assert status.capture_dt == max(
@@ -291,7 +291,7 @@ def test_changes_of_a_batch_of_records_go_out_once_per_key() -> None:
     )
     out = apply_tick(partition, states, later, 4, context(later))
     assert {a.hour_start for a in out.aggregates} == {START, START + timedelta(hours=1)}
-    assert changed.aggregates() == []
+    assert changed.aggregates(later) == []
 
 
 def test_an_hour_finalized_later_in_the_batch_goes_out_once() -> None:
@@ -312,7 +312,7 @@ def test_an_hour_finalized_later_in_the_batch_goes_out_once() -> None:
         (True, 1)
     ]
     changed.update(tick)
-    assert changed.aggregates() == []
+    assert changed.aggregates(pause) == []
     changed.update(apply_batch(partition, states, [reading(pause)], 2, pause, context(pause)))
-    revised = changed.aggregates()
+    revised = changed.aggregates(pause)
     assert [(a.is_final, a.temperature.count) for a in revised if a.temperature] == [(True, 2)]
