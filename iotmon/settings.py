@@ -115,7 +115,8 @@ class SinkSettings(BaseModel):
     group_prefix: str = "iotmon-sink"
     poll_max_messages: int = Field(2000, ge=1)
     poll_timeout_s: float = Field(0.2, gt=0)
-    poll_linger_s: float = Field(0.02, ge=0)  # after the first record, wait this long for more
+    poll_linger_s: float = Field(0.02, ge=0)  # latest sink: after the first record, wait this long
+    history_linger_s: float = Field(0.25, ge=0)  # readings, aggregates, alerts sinks: the same
     max_backoff_s: float = Field(5.0, gt=0)
     metrics_port: int = 9103
 
