@@ -26,6 +26,7 @@ from api.routers import (
     subscriptions,
     thresholds,
 )
+from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ def _report_listener_end(task: asyncio.Task[None]) -> None:
         )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The app for these settings; the database pool opens in the lifespan."""
+def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
+    """The app for these settings; the database pool opens in the lifespan.  ``settle``:
+    this process serves only the app, so settle its heap once it has started
+    (:func:`iotmon.runtime.settle_heap`)."""
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(
@@ -68,6 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.changes = changes
         listening = asyncio.create_task(changes.run(), name="change-notifications")
         listening.add_done_callback(_report_listener_end)
+        if settle:
+            settle_heap()
         try:
             yield
         finally:

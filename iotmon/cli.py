@@ -204,7 +204,10 @@ def api_cmd() -> None:
 
     settings = _settings()
     uvicorn.run(
-        create_app(settings), host=settings.api.host, port=settings.api.port, log_config=None
+        create_app(settings, settle=True),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
     )
 
 

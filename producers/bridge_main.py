@@ -6,6 +6,7 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
+from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 from producers.bridge import Bridge, BridgeMetrics, make_client
 from producers.kafka import make_producer
@@ -26,4 +27,6 @@ def build(settings: Settings, registry: CollectorRegistry) -> Bridge:
 
 
 def run(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> None:
-    build(settings, registry).run(stop)
+    bridge = build(settings, registry)
+    settle_heap()
+    bridge.run(stop)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
+from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 from producers.kafka import make_producer
 from producers.masterdata import auto_register, import_master_data
@@ -74,6 +75,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
 
 def run(settings: Settings, stop: threading.Event, registry: CollectorRegistry) -> None:
     processor = build(settings, registry)
+    settle_heap()
     try:
         processor.run(stop)
     finally:

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter
 
+from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 from schemas.aggregates import HourlyAggregate
 from schemas.readings import ReadingBatch
@@ -100,8 +101,12 @@ class Views:
             self.index_version = self.thresholds.version
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
-    """The Faust app with its topics, tables, agent and tick timer (no I/O until started)."""
+def create_app(
+    settings: Settings, registry: CollectorRegistry | None = None, *, settle: bool = False
+) -> faust.App:
+    """The Faust app with its topics, tables, agent and tick timer (no I/O until started).
+    ``settle``: the process runs only this app, so settle its heap once the first batch of
+    records loaded the master data and thresholds (:func:`iotmon.runtime.settle_heap`)."""
     w = settings.worker
     kafka = settings.kafka
     partitions = kafka.default_partitions
@@ -335,6 +340,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             consumer.close()
 
     last_flush = [time.monotonic()]
+    settled: list[bool] = []
 
     @app.agent(readings, name="process-readings")
     async def process(stream: faust.StreamT[bytes]) -> None:
@@ -348,6 +354,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             # write states built from nothing, and the new owner reads them again anyway.
             owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == readings_name}
             load_views().refresh()  # master data and thresholds changed since the last batch
+            if settle and not settled:
+                settle_heap()
+                settled.append(True)
             try:
                 for event in events:
                     msg = event.message

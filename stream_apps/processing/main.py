@@ -15,6 +15,6 @@ def run(settings: Settings) -> None:
     registry = CollectorRegistry()
     serve_metrics(registry, settings.worker.metrics_port)
     (settings.stack.state_dir / "worker").mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, registry)
+    app = create_app(settings, registry, settle=True)
     worker = faust.Worker(app, loglevel=settings.log.level.lower(), quiet=True)
     worker.execute_from_commandline()

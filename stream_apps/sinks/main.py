@@ -9,6 +9,7 @@ from typing import Any
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
+from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 from schemas.topics import TopicId, topic_name
 from stream_apps.sinks.aggregates import AggregatesWriter
@@ -77,6 +78,7 @@ def run(
     """Run the named sinks until ``stop``; an exception in one stops all (then re-raised)."""
     metrics = SinkMetrics(registry)
     runners = [build(settings, name, metrics) for name in names]
+    settle_heap()
     errors: list[BaseException] = []
 
     def serve(runner: SinkRunner[Any]) -> None:
