@@ -38,7 +38,9 @@ from stream_apps.processing.engine import (
     SensorState,
     apply_batch,
     apply_tick,
+    running_aggregates,
 )
+from stream_apps.processing.pacing import RunningPacer
 from stream_apps.processing.rules import ThresholdIndex
 from stream_apps.processing.state_store import StateStore
 from stream_apps.processing.transport import install as install_transport
@@ -279,11 +281,14 @@ def create_app(
         states_store.put(partition_table, partition, str(partition).encode(), pstate)
         queue(outputs, partition)
 
+    pacer = RunningPacer(w.running_every_s)
+
     async def write() -> None:
         """The changed states (changelog) and the outputs of the records applied so far, as
         one record batch per topic partition."""
         now = datetime.now(UTC)
-        for agg in changed.aggregates(now):
+        due = pacer.release(changed.hours, changed.finalized, time.monotonic())
+        for agg in running_aggregates(due, now):
             send_aggregate(agg)
         for status in changed.statuses(now):
             add("latest", status.sensor_id, status.model_dump_json().encode())
@@ -340,6 +345,11 @@ def create_app(
             consumer.close()
 
     last_flush = [time.monotonic()]
+    owned_before: set[int] = set()
+
+    def owns(sensor_id: str) -> bool:
+        return partition_for(sensor_id, partitions) in owned_before
+
     settled: list[bool] = []
 
     @app.agent(readings, name="process-readings")
@@ -353,6 +363,10 @@ def create_app(
             # tables no longer hold that partition's states here, so applying them would
             # write states built from nothing, and the new owner reads them again anyway.
             owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == readings_name}
+            if owned != owned_before:  # a rebalance: held snapshots of others' sensors go
+                owned_before.clear()
+                owned_before.update(owned)
+                pacer.forget(owns)
             load_views().refresh()  # master data and thresholds changed since the last batch
             if settle and not settled:
                 settle_heap()
@@ -368,6 +382,7 @@ def create_app(
             except BaseException:
                 states_store.drop()  # cached states may be half updated
                 changed.clear()
+                pacer.clear()
                 raise
             # Correctness needs no flush here: Faust flushes the producer before it commits
             # offsets, and outputs lost in a crash after their state was saved are re-sent

@@ -15,7 +15,7 @@ each of them once (keys: sensor and hour; event id).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -66,6 +66,20 @@ class PartitionState(BaseModel):
     sensor_offsets: dict[str, int] = Field(default_factory=dict)  # last record per sensor
 
 
+HourKey = tuple[str, datetime]  # a sensor and the start of one of its hours
+OpenHour = tuple[SensorState, HourWindow]  # its state and that hour's window in it
+
+
+def running_aggregates(hours: Mapping[HourKey, OpenHour], now: datetime) -> list[HourlyAggregate]:
+    """The aggregates of ``hours`` as their windows count now (``now``: ``updated_at``);
+    none for an hour closed for good since (its final said everything)."""
+    return [
+        window.aggregate(sid, state.loc_id, final=window.final_sent, now=now)
+        for (sid, hour_start), (state, window) in hours.items()
+        if state.windows.get(hour_start) is window
+    ]
+
+
 @dataclass
 class Changed:
     """The open hours counted into and the newest status of each sensor.
@@ -78,24 +92,21 @@ class Changed:
     worker's time.
     """
 
-    hours: dict[tuple[str, datetime], tuple[SensorState, HourWindow]] = field(default_factory=dict)
+    hours: dict[HourKey, OpenHour] = field(default_factory=dict)
     newest: dict[str, tuple[Reading, dict[str, Status | None]]] = field(default_factory=dict)
+    finalized: set[HourKey] = field(default_factory=set)  # hours whose final went out
 
     def update(self, later: Outputs) -> None:
         """Add the changes of a later record.  An hour that record finalized from its
         current window needs nothing more: the final says everything counted so far."""
         for key in later.finalized:
             self.hours.pop(key, None)
+            self.finalized.add(key)
         self.hours.update(later.changed.hours)
         self.newest.update(later.changed.newest)
 
     def aggregates(self, now: datetime) -> list[HourlyAggregate]:
-        return [
-            window.aggregate(sid, state.loc_id, final=window.final_sent, now=now)
-            for (sid, hour_start), (state, window) in self.hours.items()
-            # Closed for good since (the final that closed it said everything).
-            if state.windows.get(hour_start) is window
-        ]
+        return running_aggregates(self.hours, now)
 
     def statuses(self, now: datetime) -> list[SensorStatus]:
         return [
@@ -118,6 +129,7 @@ class Changed:
     def clear(self) -> None:
         self.hours.clear()
         self.newest.clear()
+        self.finalized.clear()
 
 
 @dataclass

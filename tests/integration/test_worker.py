@@ -14,10 +14,12 @@ import pytest
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.masterdata import MasterData, import_master_data
 from producers.thresholds import import_thresholds
+from schemas.aggregates import HourlyAggregate
 from schemas.master import Location, Sensor
 from schemas.readings import Reading
+from schemas.topics import topic_name
 from tests.ground_truth import expected_hourly, hours_ago, make_readings
-from tests.helpers import wait_for
+from tests.helpers import read_topic, value_of, wait_for
 from tests.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -65,6 +67,48 @@ def test_final_hourly_rows_equal_the_ground_truth(pipeline: Pipeline) -> None:
         )
         == 0
     )
+
+
+def test_running_aggregates_are_paced_and_the_newest_counts_arrive(
+    pipeline: Pipeline, kafka: KafkaSettings
+) -> None:
+    """Six readings of one sensor in the current hour, each its own record, 0.4 s apart: the
+    hour's running aggregate goes out at the first and once more when due (every 5 s by
+    default), with all six counted, instead of once per reading."""
+    pipeline.worker()
+    pipeline.wait_ready()
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    for i in range(6):
+        pipeline.send([reading("TEMPIOT-P001", hour + timedelta(minutes=30, seconds=i), "25.0")])
+        time.sleep(0.4)
+
+    def running() -> list[tuple[bool, int]]:
+        msgs = read_topic(
+            kafka,
+            topic_name("aggregates_hourly", kafka.topic_prefix),
+            until=lambda got: any(b'"TEMPIOT-P001"' in value_of(m) for m in got),
+            timeout=5,
+        )
+        aggs = [HourlyAggregate.model_validate_json(value_of(m)) for m in msgs]
+        return [
+            (a.is_final, a.temperature.count)
+            for a in aggs
+            if a.sensor_id == "TEMPIOT-P001" and a.temperature is not None
+        ]
+
+    wait_for(
+        lambda: (
+            pipeline.scalar(
+                "SELECT temperature_count FROM hourly_aggregates WHERE sensor_id = %s",
+                ("TEMPIOT-P001",),
+            )
+            == 6
+        ),
+        timeout=30,
+        what="the running aggregate of all six readings in the database",
+    )
+    assert running() == [(False, 1), (False, 6)]
 
 
 def test_a_silent_sensor_gets_its_final_hour_without_more_input(pipeline: Pipeline) -> None:
