@@ -31,10 +31,10 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.common import RESULTS, write_results
 from iotmon.settings import KafkaSettings, MqttSettings, Settings
-from iotmon.topics import delete_topics, ensure_topics
+from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.simulate_cmd import MqttPublisher, mqtt_topic
 from producers.simulator import Message
-from schemas.topics import TOPICS, topic_name
+from schemas.topics import topic_name
 
 PUBLISHERS = 4  # publishing processes (one sensor topic each)
 
@@ -218,7 +218,7 @@ def bridged(settings: Settings, batch: list[Message]) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(30)
-        delete_topics(kafka, [topic_name(t, kafka.topic_prefix) for t in TOPICS])
+        delete_prefixed_topics(kafka)
     return {
         "run": "iotmon bridge (Mosquitto -> Kafka, ack after Kafka)",
         "messages": len(batch),

@@ -51,13 +51,13 @@ from bench.common import RESULTS, latency_summary, write_results
 from iotmon.db.migrate import migrate
 from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
-from iotmon.topics import delete_topics, ensure_topics
+from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
 from producers.simulate_cmd import MqttPublisher
 from producers.simulator import Message, SimSensor, build_plant, master_data
 from producers.thresholds import import_thresholds
-from schemas.topics import TOPICS, TopicId, topic_name
+from schemas.topics import TopicId, topic_name
 from stream_apps.common.polling import poll_batch
 
 HOT, COOL = 36.0, 25.0  # the threshold is 35.00 (warning), no hold, no clear delay
@@ -415,7 +415,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
     baseline = kafka_round_trip(settings)
-    delete_topics(kafka, [topic_name(t, kafka.topic_prefix) for t in TOPICS])
+    delete_prefixed_topics(kafka)
     with psycopg.connect(db.url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(db.db_schema)))
     rows: list[dict[str, Any]] = [

@@ -30,18 +30,17 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from bench.common import RESULTS, write_results
 from iotmon.db.migrate import migrate
 from iotmon.settings import KafkaSettings, Settings
-from iotmon.topics import delete_topics, ensure_topics
+from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
 from producers.simulator import build_plant, master_data
 from schemas.readings import Reading, ReadingBatch
-from schemas.topics import TOPICS, topic_name
+from schemas.topics import topic_name
 from stream_apps.common.partitioning import partition_for
 
 
@@ -184,14 +183,7 @@ def env_for(settings: Settings, app_id: str, log_dir: Path) -> dict[str, str]:
 
 def teardown(settings: Settings) -> None:
     kafka = settings.kafka
-    names = [topic_name(t, kafka.topic_prefix) for t in TOPICS]
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    names += [
-        t
-        for t in admin.list_topics(timeout=10).topics
-        if t.startswith(kafka.topic_prefix) and t not in names
-    ]
-    delete_topics(kafka, names)
+    delete_prefixed_topics(kafka)
     with psycopg.connect(settings.db.url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(settings.db.db_schema))

@@ -41,13 +41,13 @@ from psycopg import sql
 from bench.common import RESULTS, write_results
 from iotmon.db.migrate import migrate
 from iotmon.settings import KafkaSettings, Settings
-from iotmon.topics import delete_topics, ensure_topics
+from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
 from producers.simulator import build_plant, master_data
 from producers.thresholds import import_thresholds, load_thresholds_file
 from schemas.common import Metric, Status
-from schemas.topics import TOPICS, topic_name
+from schemas.topics import topic_name
 from stream_apps.common.directory import SensorDirectory, ThresholdDirectory
 from stream_apps.ingest.validate import Accepted, Limits, validate_payload
 from stream_apps.processing.rules import ThresholdIndex
@@ -94,7 +94,7 @@ class Run:
             return row[0] if row else None
 
     def drop(self) -> None:
-        delete_topics(self.kafka, [topic_name(t, self.kafka.topic_prefix) for t in TOPICS])
+        delete_prefixed_topics(self.kafka)
         with psycopg.connect(self.db.url, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(

@@ -16,8 +16,7 @@ from psycopg import sql
 
 from iotmon.db.migrate import migrate
 from iotmon.settings import DatabaseSettings, KafkaSettings, MqttSettings, Settings
-from iotmon.topics import delete_topics, ensure_topics
-from schemas.topics import TOPICS, topic_name
+from iotmon.topics import delete_prefixed_topics, ensure_topics
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +61,7 @@ def kafka(stack: Settings, test_id: str) -> Iterator[KafkaSettings]:
     settings = stack.kafka.model_copy(update={"topic_prefix": f"test.{test_id}."})
     ensure_topics(settings)
     yield settings
-    delete_topics(settings, [topic_name(t, settings.topic_prefix) for t in TOPICS])
+    delete_prefixed_topics(settings)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, Producer
 
 from iotmon.settings import KafkaSettings, MqttSettings
 from schemas.topics import topic_name
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +117,32 @@ def test_mosquitto_publish_and_receive(mqtt: MqttSettings) -> None:
         sub.loop_stop()
         sub.disconnect()
     assert received == [b"p0", b"p1", b"p2"]
+
+
+def test_a_runs_topics_all_go_with_its_prefix(kafka: KafkaSettings) -> None:
+    """Tests and benchmarks delete every topic under their prefix, including those Faust
+    makes for the worker (changelogs, leader topic), and never anything outside it."""
+    from confluent_kafka.admin import NewTopic  # noqa: PLC0415
+
+    from iotmon.topics import admin_client, delete_prefixed_topics  # noqa: PLC0415
+
+    admin = admin_client(kafka)
+    extra = f"{kafka.topic_prefix}worker-x-sensor-state-changelog"
+    outside = f"{kafka.topic_prefix.rstrip('.')}-outside"
+    for future in admin.create_topics([NewTopic(extra, 1, 1), NewTopic(outside, 1, 1)]).values():
+        future.result()
+    wait_for(
+        lambda: {extra, outside} <= set(admin.list_topics(timeout=10).topics),
+        what="the new topics in the metadata",
+    )
+    try:
+        deleted = delete_prefixed_topics(kafka)
+        assert extra in deleted
+        assert topic_name("readings", kafka.topic_prefix) in deleted
+        left = admin.list_topics(timeout=10).topics
+        assert not [t for t in left if t.startswith(kafka.topic_prefix)]
+        assert outside in left
+    finally:
+        admin.delete_topics([outside])
+    with pytest.raises(ValueError, match="empty prefix"):
+        delete_prefixed_topics(kafka.model_copy(update={"topic_prefix": ""}))
