@@ -100,7 +100,6 @@ class WorkerSettings(BaseModel):
     idle_close_s: float = Field(30.0, gt=0)  # a quiet partition closes hours by wall clock
     silent_after_s: float = Field(300.0, gt=0)  # sensor-silent alert after this long
     outbox_keep_s: float = Field(600.0, gt=0)
-    flush_interval_s: float = Field(0.05, ge=0)  # outputs reach Kafka at least this often
     running_every_s: float = Field(5.0, ge=0)  # running aggregate of a sensor-hour: how often
     batch_max_records: int = Field(200, ge=1)  # input records applied before one write
     batch_wait_s: float = Field(0.01, gt=0)  # longest wait for a batch to fill

@@ -344,7 +344,6 @@ def create_app(
         finally:
             consumer.close()
 
-    last_flush = [time.monotonic()]
     owned_before: set[int] = set()
 
     def owns(sensor_id: str) -> bool:
@@ -384,13 +383,9 @@ def create_app(
                 changed.clear()
                 pacer.clear()
                 raise
-            # Correctness needs no flush here: Faust flushes the producer before it commits
-            # offsets, and outputs lost in a crash after their state was saved are re-sent
-            # from the sensor's outbox on replay.  Latency does: left to the commit timer,
-            # outputs waited seconds.  Flushing at most every flush_interval_s keeps both.
-            if time.monotonic() - last_flush[0] >= w.flush_interval_s:
-                await app.producer.flush()
-                last_flush[0] = time.monotonic()
+            # No flush here: the batches are with the producer, which sends them at once
+            # (no linger), and Faust flushes it before it commits offsets.  A flush in this
+            # loop waited for the broker's acknowledgements and held up the next batch.
 
     # Every worker ticks the partitions it owns (not "the leader" ticks all: Faust's leader
     # election could leave no worker ticking after a rebalance). Two workers that briefly
