@@ -109,6 +109,9 @@ def main() -> None:
         "IOTMON_INGEST__GROUP_ID": f"ingest-{run.id}",
         "IOTMON_WORKER__APP_ID": f"worker-{run.id}",
         "IOTMON_WORKER__SILENT_AFTER_S": "3600",
+        # Every change of a running hour goes out (no pacing): the clock stops when the
+        # aggregates count every reading, and a paced snapshot would add its interval.
+        "IOTMON_WORKER__RUNNING_EVERY_S": "0",
         "IOTMON_SINK__GROUP_PREFIX": f"sink-{run.id}",
         "IOTMON_STACK__STATE_DIR": str(logs / run.id),
         "IOTMON_LOG__LEVEL": "WARNING",
