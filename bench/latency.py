@@ -67,6 +67,17 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def publish(publisher: MqttPublisher, sensor: str, temperature: float) -> None:
+    """A reading of ``sensor`` stamped with the time it is published."""
+    body = {
+        "sensor_id": sensor,
+        "capture_dt": _iso(time.time()),
+        "temperature": temperature,
+        "humidity": 50.0,
+    }
+    publisher.publish(Message(0.0, sensor, orjson.dumps(body), ()))
+
+
 def _parse(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -341,13 +352,7 @@ def main() -> None:
         alerting = set(sensor_ids[: max(1, round(args.alerting * len(sensor_ids)))])
         # Warm-up: every sensor once, until each is in the realtime view.
         for s in sensor_ids:
-            body = {
-                "sensor_id": s,
-                "capture_dt": _iso(time.time()),
-                "temperature": COOL,
-                "humidity": 50.0,
-            }
-            publisher.publish(Message(0.0, s, orjson.dumps(body), ()))
+            publish(publisher, s, COOL)
         deadline = time.monotonic() + 120
         while len(
             httpx.get(base_url + "/api/v1/realtime/", timeout=10).json()["measurements"]
@@ -360,13 +365,7 @@ def main() -> None:
         # sensor's first alert state) is not counted as the latency of the steady rate.
         for temperature in (HOT, COOL):
             for s in sorted(alerting):
-                body = {
-                    "sensor_id": s,
-                    "capture_dt": _iso(time.time()),
-                    "temperature": temperature,
-                    "humidity": 50.0,
-                }
-                publisher.publish(Message(0.0, s, orjson.dumps(body), ()))
+                publish(publisher, s, temperature)
         while len(alerts.latencies) < 2 * len(alerting):
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm-up alerts never reached the alerts topic")
@@ -388,13 +387,7 @@ def main() -> None:
                 time.sleep(delay)
             sensor = sensor_ids[sent % len(sensor_ids)]
             round_ = sent // len(sensor_ids)
-            body = {
-                "sensor_id": sensor,
-                "capture_dt": _iso(time.time()),
-                "temperature": HOT if round_ % 2 and sensor in alerting else COOL,
-                "humidity": 50.0,
-            }
-            publisher.publish(Message(0.0, sensor, orjson.dumps(body), ()))
+            publish(publisher, sensor, HOT if round_ % 2 and sensor in alerting else COOL)
             sent += 1
             if sent % 200 == 0:
                 publisher.drain(0)
