@@ -142,7 +142,7 @@ class Outputs:
     changed: Changed = field(default_factory=Changed)
     # Sensor-hours whose final in ``aggregates`` was built now from the current window (not
     # re-sent from an outbox).
-    finalized: list[tuple[str, datetime]] = field(default_factory=list)
+    finalized: list[HourKey] = field(default_factory=list)
 
     def extend(self, entry: OutboxEntry) -> None:
         self.aggregates.extend(entry.aggregates)

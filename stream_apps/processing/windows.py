@@ -26,7 +26,7 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-_HOURS: dict[tuple[int, str], tuple[datetime, str, str]] = {}
+_HOURS: dict[tuple[int, str], tuple[datetime, str, str] | None] = {}  # None: not cacheable
 _HOURS_MAX = 100_000
 
 
@@ -38,22 +38,24 @@ def local_hour(capture_dt: datetime, tz_name: str) -> tuple[datetime, str, str]:
     """
     epoch_hour = int(capture_dt.timestamp() // 3600)
     key = (epoch_hour, tz_name)
-    found = _HOURS.get(key)
-    if found is not None:
+    found = _HOURS.get(key, ())
+    if found:
         return found
     zone = _zone(tz_name)
     local = capture_dt.astimezone(zone)
     start = local.replace(minute=0, second=0, microsecond=0)
-    found = start.astimezone(UTC), f"{start:%Y%m%d}", f"{start:%H}"
+    answer = start.astimezone(UTC), f"{start:%Y%m%d}", f"{start:%H}"
+    if found is None:  # checked before: this UTC hour holds two local hours
+        return answer
     # The answer holds for the whole UTC hour when the zone's offset is a whole number of
     # hours at both its ends (no change of offset, or a change on the hour, inside it).
+    # Otherwise remember that, so the check is not repeated per reading.
     first = datetime.fromtimestamp(epoch_hour * 3600, UTC).astimezone(zone).utcoffset()
     last = datetime.fromtimestamp(epoch_hour * 3600 + 3599, UTC).astimezone(zone).utcoffset()
-    if first == last and first is not None and not first % _HOUR:
-        if len(_HOURS) >= _HOURS_MAX:
-            _HOURS.clear()
-        _HOURS[key] = found
-    return found
+    if len(_HOURS) >= _HOURS_MAX:
+        _HOURS.clear()
+    _HOURS[key] = answer if first == last and first is not None and not first % _HOUR else None
+    return answer
 
 
 def round2(value: Decimal) -> Decimal:
