@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaException
@@ -64,7 +65,14 @@ def ensure_topics(
 
 
 def delete_topics(settings: KafkaSettings, names: list[str], timeout: float = 30.0) -> None:
-    """Delete topics by full name (used to clean up test topics)."""
+    """Delete topics by full name (used to clean up test topics) and return once the
+    broker's metadata no longer lists them.
+
+    The controller acknowledges a deletion before every broker's metadata has caught up,
+    so for a moment afterwards the topics are still listed; a caller that recreates a
+    topic of the same name, or checks that it is gone, would race with that.  Raises
+    ``TimeoutError`` if they are still listed after ``timeout`` seconds.
+    """
     if not names:
         return
     admin = admin_client(settings)  # must outlive the futures
@@ -74,6 +82,14 @@ def delete_topics(settings: KafkaSettings, names: list[str], timeout: float = 30
         except KafkaException as exc:
             if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
                 raise
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = set(names) & set(admin.list_topics(timeout=timeout).topics)
+        if not listed:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"deleted topics still listed after {timeout:g} s: {sorted(listed)}")
+        time.sleep(0.1)
 
 
 def delete_prefixed_topics(settings: KafkaSettings, timeout: float = 30.0) -> list[str]:
