@@ -17,9 +17,10 @@ client polling the realtime answers of a few sample floors, every 10 ms) first s
 Every clock is this machine's.
 Before the clock starts, a warm-up brings every sensor into the realtime view and makes
 every alerting sensor raise and resolve an alert once.
-The publisher stands in for gateways that have machines of their own, so it runs at a lower
-priority (``--nice``) than the pipeline and the threads that measure; at the same priority
-it took a third of a core from the pipeline it measures.
+The publisher stands in for gateways that have machines of their own, so it runs in a
+process of its own (not sharing this one's interpreter lock with the threads that measure)
+at a lower priority (``--nice``) than the pipeline; at the same priority it took a third of
+a core from the pipeline it measures.
 With ``--stages`` the same run reads the topics between the stages too and splits the
 latency by stage; those readers share the cores with the pipeline, so the headline numbers
 come from runs without them.
@@ -31,6 +32,7 @@ produce and then consume, on the same broker.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -38,6 +40,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
@@ -50,7 +53,7 @@ from psycopg import sql
 from bench.common import RESULTS, latency_summary, write_results
 from iotmon.db.migrate import migrate
 from iotmon.runtime import settle_heap
-from iotmon.settings import Settings
+from iotmon.settings import MqttSettings, Settings
 from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
@@ -76,6 +79,98 @@ def publish(publisher: MqttPublisher, sensor: str, temperature: float) -> None:
         "humidity": 50.0,
     }
     publisher.publish(Message(0.0, sensor, orjson.dumps(body), ()))
+
+
+class PublisherProcess:
+    """The publisher in a process of its own, driven over a pipe.
+
+    It stands in for gateways on machines of their own.  As a thread of the bench it shared
+    the interpreter lock with the alert reader and the poller: at a lower priority it was
+    often descheduled while holding the lock, and the threads that measure waited for it,
+    which counted as pipeline latency.
+    """
+
+    def __init__(self, settings: MqttSettings, nice: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # not fork: this process runs threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_publisher_main, args=(settings, nice, child), daemon=True)
+        self._proc.start()
+        self._call("ready")
+
+    def _call(self, command: str, *args: Any) -> Any:
+        self._conn.send((command, args))
+        while not self._conn.poll(1.0):
+            if not self._proc.is_alive():
+                raise RuntimeError(f"the publisher process died (exit {self._proc.exitcode})")
+        ok, value = self._conn.recv()
+        if not ok:
+            raise RuntimeError(f"the publisher process failed: {value}")
+        return value
+
+    def each(self, sensors: list[str], temperature: float) -> None:
+        """One reading of each of ``sensors``, as fast as they go."""
+        self._call("each", sensors, temperature)
+
+    def steady(self, rate: float, duration: float, sensors: list[str], alerting: set[str]) -> float:
+        """``rate`` readings a second for ``duration`` seconds, the sensors in turn (the
+        ``alerting`` ones hot in every other round); returns the rate achieved."""
+        return float(self._call("steady", rate, duration, sensors, alerting))
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._call("close")
+        self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _publisher_main(settings: MqttSettings, nice: int, conn: Connection) -> None:
+    # Applies to this process's thread and those it starts later (paho's).
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    publisher = MqttPublisher(settings)
+    while True:
+        if not conn.poll(0.2):
+            publisher.drain(0)  # confirmations, while the bench waits
+            continue
+        command, args = conn.recv()
+        try:
+            result: Any = None
+            if command == "each":
+                sensors, temperature = args
+                for sensor in sensors:
+                    publish(publisher, sensor, temperature)
+            elif command == "steady":
+                settle_heap()
+                result = _steady(publisher, *args)
+            elif command == "close":
+                publisher.close(10)
+                conn.send((True, None))
+                return
+        except (OSError, ValueError) as exc:
+            conn.send((False, repr(exc)))
+        else:
+            conn.send((True, result))
+
+
+def _steady(
+    publisher: MqttPublisher, rate: float, duration: float, sensors: list[str], alerting: set[str]
+) -> float:
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    sent = 0
+    total = int(rate * duration)
+    while sent < total:
+        due = started + sent * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sensor = sensors[sent % len(sensors)]
+        round_ = sent // len(sensors)
+        publish(publisher, sensor, HOT if round_ % 2 and sensor in alerting else COOL)
+        sent += 1
+        if sent % 200 == 0:
+            publisher.drain(0)
+    return sent / (time.perf_counter() - started)
 
 
 def _parse(text: str) -> float:
@@ -325,7 +420,7 @@ def main() -> None:
     watchers: list[StageWatcher] = [alerts, *stages.values()]
     sample = sample_floors(plant, 10)
     poller = RealtimePoller(base_url, sample)
-    publisher: MqttPublisher | None = None
+    publisher: PublisherProcess | None = None
     try:
         deadline = time.monotonic() + 90
         while True:  # the API answers and the worker has joined its group
@@ -341,57 +436,36 @@ def main() -> None:
             watcher.start()
             watcher.ready.wait(30)
         poller.start()
-        if args.nice:
-            # The publisher stands in for gateways on machines of their own: it gets the cores
-            # after the pipeline and the measuring threads (started above, which keep the
-            # normal priority), so that it does not stand in the pipeline's way.  Linux
-            # applies this to the calling thread and the threads it starts later (paho's).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.nice)
-        publisher = MqttPublisher(mq)
+        # The publisher gets the cores after the pipeline and the measuring threads, so that
+        # it does not stand in the pipeline's way (see PublisherProcess).
+        publisher = PublisherProcess(mq, args.nice)
         sensor_ids = [s.sensor_id for s in plant]
         alerting = set(sensor_ids[: max(1, round(args.alerting * len(sensor_ids)))])
         # Warm-up: every sensor once, until each is in the realtime view.
-        for s in sensor_ids:
-            publish(publisher, s, COOL)
+        publisher.each(sensor_ids, COOL)
         deadline = time.monotonic() + 120
         while len(
             httpx.get(base_url + "/api/v1/realtime/", timeout=10).json()["measurements"]
         ) < len(sensor_ids):
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm-up readings never reached the realtime view")
-            publisher.drain(0.2)
+            time.sleep(0.2)
         # ... and every alerting sensor raises and resolves an alert once, so that what
         # happens only the first time (the worker's first records for the alerts topic, a
         # sensor's first alert state) is not counted as the latency of the steady rate.
         for temperature in (HOT, COOL):
-            for s in sorted(alerting):
-                publish(publisher, s, temperature)
+            publisher.each(sorted(alerting), temperature)
         while len(alerts.latencies) < 2 * len(alerting):
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm-up alerts never reached the alerts topic")
-            publisher.drain(0.2)
+            time.sleep(0.2)
         # The alert reader and the poller are this process's threads: a full collection
         # here would pause them and count as pipeline latency.
         settle_heap()
         poller.go.set()
         for watcher in watchers:
             watcher.latencies.clear()
-        interval = 1.0 / args.rate
-        started = time.perf_counter()
-        sent = 0
-        total = int(args.rate * args.duration)
-        while sent < total:
-            due = started + sent * interval
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            sensor = sensor_ids[sent % len(sensor_ids)]
-            round_ = sent // len(sensor_ids)
-            publish(publisher, sensor, HOT if round_ % 2 and sensor in alerting else COOL)
-            sent += 1
-            if sent % 200 == 0:
-                publisher.drain(0)
-        achieved = sent / (time.perf_counter() - started)
+        achieved = publisher.steady(args.rate, args.duration, sensor_ids, alerting)
         time.sleep(5)  # let the tail through
     finally:
         poller.stop.set()
@@ -399,7 +473,7 @@ def main() -> None:
         for watcher in watchers:
             watcher.stop.set()
         if publisher is not None:
-            publisher.close(10)
+            publisher.close()
         for p in procs:
             p.terminate()
         for p in procs:
