@@ -86,6 +86,7 @@ class IngestSettings(BaseModel):
     poll_max_messages: int = Field(5000, ge=1)
     poll_timeout_s: float = Field(0.1, gt=0)
     poll_linger_s: float = Field(0.01, ge=0)  # after the first record, wait this long for more
+    commit_every_s: float = Field(0.5, ge=0)  # confirm outputs and commit offsets this often
     metrics_port: int = 9101
 
 
@@ -117,6 +118,7 @@ class SinkSettings(BaseModel):
     poll_timeout_s: float = Field(0.2, gt=0)
     poll_linger_s: float = Field(0.02, ge=0)  # latest sink: after the first record, wait this long
     history_linger_s: float = Field(0.25, ge=0)  # readings, aggregates, alerts sinks: the same
+    commit_every_s: float = Field(0.5, ge=0)  # commit the offsets of written records this often
     max_backoff_s: float = Field(5.0, gt=0)
     metrics_port: int = 9103
 

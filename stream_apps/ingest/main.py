@@ -69,6 +69,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
         poll_max_messages=settings.ingest.poll_max_messages,
         poll_timeout_s=settings.ingest.poll_timeout_s,
         poll_linger_s=settings.ingest.poll_linger_s,
+        commit_every_s=settings.ingest.commit_every_s,
         registrar=register if settings.ingest.auto_register else None,
     )
 

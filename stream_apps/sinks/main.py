@@ -68,6 +68,7 @@ def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any
         poll_max_messages=sink.poll_max_messages,
         poll_timeout_s=sink.poll_timeout_s,
         poll_linger_s=linger,
+        commit_every_s=sink.commit_every_s,
         max_backoff_s=sink.max_backoff_s,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from decimal import Decimal
 import orjson
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
@@ -21,6 +23,7 @@ from schemas.readings import DeadLetterHeaders, ReadingBatch
 from schemas.topics import topic_name
 from stream_apps.common.partitioning import partition_for
 from stream_apps.ingest.main import build
+from stream_apps.ingest.processor import IngestProcessor
 from tests.helpers import headers_of, read_topic, value_of, wait_for
 
 pytestmark = pytest.mark.integration
@@ -268,3 +271,64 @@ def test_auto_registration_by_convention(
         assert running.metric("iotmon_ingest_sensors_registered_total") == 1
     finally:
         running.close()
+
+
+def _committed(processor: IngestProcessor, kafka: KafkaSettings) -> int:
+    """Raw records the ingest group has committed, over all partitions."""
+    raw = topic_name("readings_raw", kafka.topic_prefix)
+    parts = [TopicPartition(raw, p) for p in range(kafka.default_partitions)]
+    return sum(max(tp.offset, 0) for tp in processor.consumer.committed(parts, timeout=10))
+
+
+def _raw_end(kafka: KafkaSettings) -> int:
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "ends"})
+    try:
+        raw = topic_name("readings_raw", kafka.topic_prefix)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(raw, p), timeout=10)[1]
+            for p in range(kafka.default_partitions)
+        )
+    finally:
+        consumer.close()
+
+
+def test_offsets_are_committed_when_due_after_kafka_confirmed_the_outputs(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
+) -> None:
+    """Ingest confirms its outputs and commits at most every ``commit_every_s``, and when it
+    stops: never before Kafka has what the committed records produced."""
+    import_master_data(db, kafka, plant())
+    processor = build(
+        settings_for(stack, kafka, db, group_id, commit_every_s=3600), CollectorRegistry()
+    )
+    try:
+        t0 = datetime.now(UTC) - timedelta(minutes=5)
+        with GatewayProducer(kafka) as gw:
+            for i in range(50):
+                gw.send(reading(SENSORS[i % len(SENSORS)], (t0 + timedelta(seconds=i)).isoformat()))
+        total = _raw_end(kafka)
+        consumed = 0
+        deadline = time.monotonic() + 30
+        while consumed < total and time.monotonic() < deadline:
+            consumed += processor.step()
+        assert consumed == total == 50
+        assert _committed(processor, kafka) == 0  # not due yet: nothing committed
+        processor.commit()  # what `run` does when it stops (and a revocation does)
+        assert _committed(processor, kafka) == 50
+        # the outputs of every committed record were confirmed before the commit
+        assert sum(len(b.readings) for _, b in batches(kafka, 50)) == 50
+    finally:
+        processor.consumer.close()
+        processor.directory.close()
+    # Due at every step: each step's records are committed by that step.
+    processor = build(
+        settings_for(stack, kafka, db, f"{group_id}-b", commit_every_s=0), CollectorRegistry()
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _committed(processor, kafka) < 50 and time.monotonic() < deadline:
+            processor.step()
+        assert _committed(processor, kafka) == 50
+    finally:
+        processor.consumer.close()
+        processor.directory.close()

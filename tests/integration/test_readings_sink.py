@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
@@ -161,3 +162,42 @@ def test_database_outage_pauses_and_loses_nothing(
     finally:
         running.close()
         proxy.close()
+
+
+def test_offsets_are_committed_when_due_and_only_for_written_records(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
+) -> None:
+    """The sink commits the offsets of written records at most every ``commit_every_s``
+    (and when it stops), never before their transaction committed."""
+    settings = sink_settings(stack, kafka, db, group_id)
+    settings = settings.model_copy(
+        update={"sink": settings.sink.model_copy(update={"commit_every_s": 3600})}
+    )
+    runner: SinkRunner[ReadingBatch] = build(settings, "readings", SinkMetrics(CollectorRegistry()))
+    topic = topic_name("readings", kafka.topic_prefix)
+
+    def committed() -> int:
+        got = runner.consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return max(got[0].offset, 0)
+
+    try:
+        send(kafka, [[reading(s, i) for s in range(2)] for i in range(4)])
+        stop = threading.Event()
+        consumed = 0
+        deadline = time.monotonic() + 30
+        while consumed < 4 and time.monotonic() < deadline:
+            consumed += runner.step(stop)
+        assert consumed == 4
+        assert count(db) == 8  # written ...
+        assert committed() == 0  # ... and not committed before it is due
+        runner.commit()  # what `run` does when it stops (and a revocation does)
+        assert committed() == 4
+        runner.commit_every = 0  # due at every step: committed by the step that wrote it
+        send(kafka, [[reading(5, 0)]])
+        deadline = time.monotonic() + 30
+        while committed() < 5 and time.monotonic() < deadline:
+            runner.step(stop)
+        assert committed() == 5
+        assert count(db) == 9
+    finally:
+        runner.consumer.close()
