@@ -32,8 +32,11 @@ produce and then consume, on the same broker.
 from __future__ import annotations
 
 import argparse
+import gzip
+import http.client
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -42,6 +45,7 @@ import uuid
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
@@ -267,12 +271,25 @@ class RealtimePoller(threading.Thread):
 
     def run(self) -> None:
         self.go.wait()
-        with httpx.Client(base_url=self.base, timeout=10) as client:
+        # The standard library's client on one kept-alive connection: with httpx this
+        # process took twice the CPU (18% of a core against 7-9%), from the pipeline.
+        url = urlsplit(self.base)
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+        paths = ["/api/v1/realtime/location?" + urlencode(floor) for floor in self.floors]
+        headers = {"Accept-Encoding": "gzip"}  # as browsers ask
+        try:
             while not self.stop.is_set():
                 round_started = time.monotonic()
-                for floor in self.floors:
+                for path in paths:
                     started = time.time()
-                    body = client.get("/api/v1/realtime/location", params=floor).json()
+                    conn.request("GET", path, headers=headers)
+                    response = conn.getresponse()
+                    raw = response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{path}: HTTP {response.status}")
+                    if response.getheader("Content-Encoding") == "gzip":
+                        raw = gzip.decompress(raw)
+                    body = orjson.loads(raw)
                     now = time.time()
                     self.polls.append(now - started)
                     for m in body["measurements"]:
@@ -282,6 +299,8 @@ class RealtimePoller(threading.Thread):
                                 self.latencies.append(now - _parse(capture))
                             self._seen[m["sensor_id"]] = capture
                 self.stop.wait(max(0.0, round_started + self.every_s - time.monotonic()))
+        finally:
+            conn.close()
 
 
 def sample_floors(plant: tuple[SimSensor, ...], sensors: int) -> list[dict[str, Any]]:
@@ -439,7 +458,12 @@ def main() -> None:
         # The publisher gets the cores after the pipeline and the measuring threads, so that
         # it does not stand in the pipeline's way (see PublisherProcess).
         publisher = PublisherProcess(mq, args.nice)
+        # The sensors take turns in an order of no relation to their floors, as gateways
+        # of their own would.  In the plant's order the sampled floors' readings went out
+        # back to back, and one stall set all of a floor's samples at once: the realtime
+        # p99 was the worst of ~60 such groups, not a percentile of 420 readings.
         sensor_ids = [s.sensor_id for s in plant]
+        random.Random(7).shuffle(sensor_ids)
         alerting = set(sensor_ids[: max(1, round(args.alerting * len(sensor_ids)))])
         # Warm-up: every sensor once, until each is in the realtime view.
         publisher.each(sensor_ids, COOL)
