@@ -150,7 +150,7 @@ class IngestProcessor:
     def _process(self, messages: list[Message]) -> int:
         batches: dict[int, list[Reading]] = defaultdict(list)
         now = self.clock()
-        offsets = self._uncommitted
+        offsets: dict[tuple[str, int], int] = {}
         consumed = 0
         for msg in messages:
             if msg.error() is not None:
@@ -170,6 +170,9 @@ class IngestProcessor:
                     partition=partition,
                 )
                 self.metrics.batches.inc()
+        # Only now, with every output of the poll produced, may its offsets be committed: a
+        # poll that failed half way is re-read, not half committed.
+        self._uncommitted.update(offsets)
         self.producer.poll(0)  # delivery reports so far; sends go out after the linger
         return consumed
 
@@ -196,8 +199,10 @@ class IngestProcessor:
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         # Before the next owner starts from the committed offsets: what was processed here
-        # is not processed twice (it would be harmless, only wasted).
-        self.commit()
+        # is not processed twice (it would be harmless, only wasted).  Not after Kafka
+        # refused an output: that error has ended the loop, and nothing is committed.
+        if self._failed is None:
+            self.commit()
 
     def _validate(self, msg: Message, now: datetime, out: dict[int, list[Reading]]) -> None:
         source: Source = "mqtt" if _header(msg, IngressHeaders.SOURCE) == b"mqtt" else "kafka"
@@ -301,12 +306,16 @@ class IngestProcessor:
             self._failed = err
 
     def _confirm(self) -> None:
-        """Block until Kafka confirmed everything produced; never commit before that."""
+        """Block until Kafka confirmed everything produced; never commit before that.
+
+        A refused output is remembered for good: the offsets consumed since the last commit
+        cover records whose outputs are lost, so no later commit of this processor may
+        cover them either (the error ends the stage; after a restart they are read again).
+        """
         while (remaining := self.producer.flush(10)) > 0:
             log.warning("waiting for Kafka to confirm %d records", remaining)
-        failed, self._failed = self._failed, None
-        if failed is not None:
-            raise KafkaException(f"Kafka refused ingest output: {failed}")
+        if self._failed is not None:
+            raise KafkaException(f"Kafka refused ingest output: {self._failed}")
 
     def run(self, stop: threading.Event) -> None:
         """Process until ``stop`` is set; KafkaException on a fatal Kafka error."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -12,11 +13,12 @@ from decimal import Decimal
 import orjson
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.gateway import GatewayProducer
+from producers.kafka import make_producer
 from producers.masterdata import MasterData, import_master_data
 from schemas.master import Location, Sensor
 from schemas.readings import DeadLetterHeaders, ReadingBatch
@@ -329,6 +331,74 @@ def test_offsets_are_committed_when_due_after_kafka_confirmed_the_outputs(
         while _committed(processor, kafka) < 50 and time.monotonic() < deadline:
             processor.step()
         assert _committed(processor, kafka) == 50
+    finally:
+        processor.consumer.close()
+        processor.directory.close()
+
+
+def _consume(processor: IngestProcessor, expected: int) -> int:
+    consumed = 0
+    deadline = time.monotonic() + 30
+    while consumed < expected and time.monotonic() < deadline:
+        consumed += processor.step()
+    return consumed
+
+
+def test_a_refused_output_is_never_followed_by_a_commit(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
+) -> None:
+    """Once Kafka refused an output, the offsets consumed since the last commit cover a
+    lost output: no later commit (nor the one on revocation) may cover them."""
+    import_master_data(db, kafka, plant())
+    settings = settings_for(stack, kafka, db, group_id, commit_every_s=3600)
+    processor = build(settings, CollectorRegistry())
+    # Outputs go to a topic that does not exist (topics are never auto-created here), and
+    # the producer gives up on them after 1.5 s.
+    processor.producer = make_producer(kafka, **{"message.timeout.ms": 1500})
+    processor.topics = dataclasses.replace(
+        processor.topics, readings=f"{kafka.topic_prefix}no-such-topic"
+    )
+    try:
+        with GatewayProducer(kafka) as gw:
+            for i in range(10):
+                gw.send(reading(SENSORS[i], now_iso(timedelta(seconds=-i))))
+        assert _consume(processor, 10) == 10
+        with pytest.raises(KafkaException, match="refused"):
+            processor.commit()
+        with pytest.raises(KafkaException, match="refused"):
+            processor.commit()  # still refused: the lost outputs are not forgotten
+        processor._on_revoke(processor.consumer, [])  # a revocation commits nothing either
+        assert _committed(processor, kafka) == 0
+    finally:
+        processor.consumer.close()
+        processor.directory.close()
+
+
+def test_a_poll_that_fails_half_way_is_not_committed(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
+) -> None:
+    """Offsets become committable only once every output of their poll is produced."""
+    import_master_data(db, kafka, plant())
+    # Registering an unknown sensor needs the database, which is unreachable here.
+    unreachable = db.model_copy(update={"url": "postgresql://iotmon@127.0.0.1:1/iotmon"})
+    settings = settings_for(stack, kafka, unreachable, group_id, commit_every_s=3600)
+    settings = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"auto_register": True})}
+    )
+    processor = build(settings, CollectorRegistry())
+    try:
+        with GatewayProducer(kafka) as gw:
+            gw.send(reading(SENSORS[0]))
+        assert _consume(processor, 1) == 1
+        processor.commit()
+        assert _committed(processor, kafka) == 1
+        with GatewayProducer(kafka) as gw:
+            gw.send(reading(SENSORS[1]))
+            gw.send(reading("TEMPIOT-Z999"))  # unknown: its registration fails
+        with pytest.raises(psycopg.OperationalError):
+            _consume(processor, 2)
+        processor.commit()  # what stopping (or a revocation) does after the failure
+        assert _committed(processor, kafka) == 1  # the failed poll is read again later
     finally:
         processor.consumer.close()
         processor.directory.close()
