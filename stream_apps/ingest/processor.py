@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from schemas.readings import (
     Source,
 )
 from stream_apps.common.directory import SensorDirectory
+from stream_apps.common.offsets import PendingOffsets
 from stream_apps.common.partitioning import partition_for
 from stream_apps.common.polling import poll_batch
 from stream_apps.ingest.validate import Accepted, Limits, Rejection, validate_payload
@@ -126,9 +126,8 @@ class IngestProcessor:
         self.clock = clock
         self.partitions = self._partition_count(topics.readings)
         self._failed: object | None = None
-        # Offsets of records whose outputs are produced, not yet confirmed and committed.
-        self._uncommitted: dict[tuple[str, int], int] = {}
-        self._committed_at = time.monotonic()
+        # Records whose outputs are produced, not yet confirmed and committed.
+        self._pending = PendingOffsets()
         consumer.subscribe([topics.raw], on_revoke=self._on_revoke)
 
     def _partition_count(self, topic: str) -> int:
@@ -143,23 +142,21 @@ class IngestProcessor:
         messages = poll_batch(self.consumer, self.poll_max, self.poll_timeout, self.poll_linger)
         self.directory.refresh()
         consumed = self._process(messages) if messages else 0
-        if self._uncommitted and time.monotonic() - self._committed_at >= self.commit_every:
+        if self._pending.due(self.commit_every):
             self.commit()
         return consumed
 
     def _process(self, messages: list[Message]) -> int:
         batches: dict[int, list[Reading]] = defaultdict(list)
         now = self.clock()
-        offsets: dict[tuple[str, int], int] = {}
-        consumed = 0
+        done: list[Message] = []
         for msg in messages:
             if msg.error() is not None:
                 log.warning("raw topic: %s", msg.error())
                 continue
-            consumed += 1
-            offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+            done.append(msg)
             self._validate(msg, now, batches)
-        self.metrics.records.inc(consumed)
+        self.metrics.records.inc(len(done))
         for partition, readings in batches.items():
             for start in range(0, len(readings), self.max_batch):
                 chunk = ReadingBatch(readings=readings[start : start + self.max_batch])
@@ -172,30 +169,17 @@ class IngestProcessor:
                 self.metrics.batches.inc()
         # Only now, with every output of the poll produced, may its offsets be committed: a
         # poll that failed half way is re-read, not half committed.
-        self._uncommitted.update(offsets)
+        self._pending.add(done)
         self.producer.poll(0)  # delivery reports so far; sends go out after the linger
-        return consumed
+        return len(done)
 
     def commit(self) -> None:
         """Wait until Kafka confirmed everything produced, then commit the offsets of the
         records consumed so far (KafkaException if Kafka refused an output: nothing is
         committed then)."""
-        self._committed_at = time.monotonic()
-        if not self._uncommitted:
-            return
-        self._confirm()
-        offsets, self._uncommitted = self._uncommitted, {}
-        try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
-            )
-        except KafkaException as exc:
-            # The broker restarted or moved the group's coordinator (NOT_COORDINATOR),
-            # or the partitions went to another member.  Everything produced was
-            # confirmed, so nothing is lost: these records are read again and validated
-            # again, and every stage downstream stores a reading once.
-            log.warning("ingest: offsets not committed (%s); they will be re-read", exc)
+        if self._pending:
+            self._confirm()
+        self._pending.commit(self.consumer, "ingest")
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         # Before the next owner starts from the committed offsets: what was processed here

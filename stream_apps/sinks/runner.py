@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg import sql
 from pydantic import BaseModel, ValidationError
 
+from stream_apps.common.offsets import PendingOffsets
 from stream_apps.common.polling import poll_batch
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,8 @@ class SinkRunner(Generic[M]):
         self.commit_every = commit_every_s
         self.max_backoff = max_backoff_s
         self._conn: psycopg.Connection[Any] | None = None
-        # Offsets of records written to the database, not yet committed to Kafka.
-        self._uncommitted: dict[tuple[str, int], int] = {}
-        self._committed_at = time.monotonic()
+        # Records written to the database, not yet committed to Kafka.
+        self._pending = PendingOffsets()
         consumer.subscribe([topic], on_revoke=lambda _c, _p: self.commit())
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -177,32 +177,15 @@ class SinkRunner(Generic[M]):
             records = self._decode(messages)
             if records and not self._write(records, stop):
                 return 0  # stopped while waiting: nothing committed, the batch is re-read later
-            for msg in messages:
-                self._uncommitted[(msg.topic() or "", msg.partition() or 0)] = (
-                    msg.offset() or 0
-                ) + 1
+            self._pending.add(messages)
             self.metrics.records.labels(self.writer.name).inc(len(records))
-        if self._uncommitted and time.monotonic() - self._committed_at >= self.commit_every:
+        if self._pending.due(self.commit_every):
             self.commit()
         return len(messages)
 
     def commit(self) -> None:
         """Commit the offsets of every record written so far (their transactions committed)."""
-        self._committed_at = time.monotonic()
-        offsets, self._uncommitted = self._uncommitted, {}
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
-            )
-        except KafkaException as exc:
-            # Lost the partitions in a rebalance (e.g. after a long outage): the rows are
-            # written idempotently, and the new owner re-reads these records.
-            log.warning(
-                "%s: offsets not committed (%s); they will be re-read", self.writer.name, exc
-            )
+        self._pending.commit(self.consumer, self.writer.name)
 
     def run(self, stop: threading.Event) -> None:
         log.info("sink %s: %s -> schema %s", self.writer.name, self.topic, self.db_schema)
