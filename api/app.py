@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.changes import DataChanges
+from api.latest import LatestStatuses
 from api.routers import (
     aggregation,
     alerts,
@@ -32,12 +33,12 @@ from iotmon.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _report_listener_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "the change listener stopped; realtime answers are no longer reused",
-            exc_info=task.exception(),
-        )
+def _report_end(what: str) -> Callable[[asyncio.Task[None]], None]:
+    def report(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped", what, exc_info=task.exception())
+
+    return report
 
 
 def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
@@ -69,15 +70,25 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
         app.state.pool = pool
         changes = DataChanges(settings.db.url, settings.db.db_schema)
         app.state.changes = changes
-        listening = asyncio.create_task(changes.run(), name="change-notifications")
-        listening.add_done_callback(_report_listener_end)
+        tasks = [asyncio.create_task(changes.run(), name="change-notifications")]
+        tasks[0].add_done_callback(
+            _report_end("the change listener (realtime answers are no longer reused)")
+        )
+        if settings.api.realtime_from_topic:
+            statuses = LatestStatuses(settings.kafka)
+            app.state.statuses = statuses
+            tasks.append(asyncio.create_task(statuses.run(), name="latest-statuses"))
+            tasks[1].add_done_callback(
+                _report_end("the latest-topic reader (realtime answers show the database's rows)")
+            )
         if settle:
             settle_heap()
         try:
             yield
         finally:
-            listening.cancel()
-            await asyncio.wait([listening])
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
             await pool.close()
 
     app = FastAPI(title="iotmon", version="0.1.0", lifespan=lifespan)

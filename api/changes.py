@@ -1,9 +1,12 @@
 """Which version of this deployment's realtime data the API has seen.
 
 Migration 008 makes PostgreSQL send a notification on ``iotmon_data_changed`` (payload: the
-schema) whenever a transaction that changed the latest readings or the locations commits.
+schema) whenever a transaction that changed the latest readings or the locations commits;
+migration 009 one on ``iotmon_rows_changed`` when it changed *which* rows an answer holds
+(a sensor's first row, a row at another location, deleted rows, the locations).
 :class:`DataChanges` listens on one connection of its own and counts those notifications for
-our schema.  A rendered answer is reusable while the count it was rendered at is still the
+our schema (:attr:`~DataChanges.version` all of them, :attr:`~DataChanges.rows_version` the
+second kind).  A rendered answer is reusable while the count it was rendered at is still the
 current one, so a new reading is visible as soon as its transaction commits.
 
 While the listening connection is down (PostgreSQL restarting, network), nothing is known to
@@ -23,10 +26,11 @@ import psycopg
 log = logging.getLogger(__name__)
 
 CHANNEL = "iotmon_data_changed"
+ROWS_CHANNEL = "iotmon_rows_changed"
 
 
 class DataChanges:
-    """A counter bumped by every change notification for ``schema``."""
+    """Counters bumped by the change notifications for ``schema``."""
 
     def __init__(
         self,
@@ -43,7 +47,8 @@ class DataChanges:
         self.probe_timeout_s = probe_timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
-        self.version = 0
+        self.version = 0  # every change
+        self.rows_version = 0  # changes of which rows there are
         self.listening = False
 
     async def run(self) -> None:
@@ -74,14 +79,16 @@ class DataChanges:
             delay = min(delay * 2, self.retry_max_s)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute(f"LISTEN {CHANNEL}")
+        await conn.execute(f"LISTEN {CHANNEL}; LISTEN {ROWS_CHANNEL}")
         # Anything may have changed while nobody listened.
-        self.version += 1
+        self.changed()
         self.listening = True
         log.info("listening for change notifications")
         while True:
             async for notify in conn.notifies(timeout=self.probe_every_s):
                 if notify.payload == self.schema:
+                    if notify.channel == ROWS_CHANNEL:
+                        self.rows_version += 1
                     self.version += 1
             # A connection that went away without closing its socket shows up here.
             await asyncio.wait_for(conn.execute("SELECT 1"), self.probe_timeout_s)
@@ -90,7 +97,8 @@ class DataChanges:
         """A change this process made itself: answers rendered before it are not reused,
         even before its notification arrives (read your own writes)."""
         self.version += 1
+        self.rows_version += 1
 
     def _stop_listening(self) -> None:
         self.listening = False
-        self.version += 1
+        self.changed()

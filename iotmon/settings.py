@@ -148,6 +148,9 @@ class ApiSettings(BaseModel):
     # and for at most this many seconds (its ages are that much behind; 0: never reused).
     # Concurrent requests share one rendering either way.
     realtime_cache_s: float = Field(1.0, ge=0)
+    # Realtime answers show each sensor's newest status from the latest topic as soon as the
+    # API has read it, ahead of the latest sink's write (false: the database's rows only).
+    realtime_from_topic: bool = True
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     query_work_mem: str = Field("32MB", pattern=r"^\d{1,6}(kB|MB|GB)$")  # per API session

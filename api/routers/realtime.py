@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from api.changes import DataChanges
 from api.deps import AppSettings, CanRead
+from api.latest import LatestStatuses
 from iotmon.settings import Settings
 
 router = APIRouter(prefix="/realtime", tags=["realtime"])
@@ -32,7 +33,7 @@ router = APIRouter(prefix="/realtime", tags=["realtime"])
 _SELECT = sql.SQL(
     "SELECT r.sensor_id, r.capture_dt, r.temperature, r.humidity, r.pcv_temperature,"
     " r.temperature_status, r.humidity_status, r.pcv_temperature_status,"
-    " l.factory, l.building, l.floor, l.loc_id, l.area, l.timezone"
+    " l.factory, l.building, l.floor, l.loc_id, l.area, l.timezone, r.updated_at"
     " FROM latest_readings r JOIN locations l ON l.loc_id = r.loc_id"
 )
 
@@ -77,13 +78,21 @@ def decimal_text(value: Decimal | None) -> str | None:
 _GZIP_MIN_BYTES = 1000
 
 
+Rows = list[tuple[Any, ...]]
+Version = tuple[Hashable, ...]
+
+
 @dataclass
 class Rendered:
-    """One rendered answer: the JSON body, its entity tag, and (once asked for) gzipped."""
+    """One rendered answer: the JSON body, its entity tag, and (once asked for) gzipped;
+    and the database rows it was built from."""
 
     body: bytes
     started: float  # monotonic clock when its rendering began
-    version: int | None  # DataChanges.version then; None when nothing was listening
+    version: Version | None  # the cache's version then; None when nothing was listening
+    rows: Rows
+    rows_version: Version | None  # the version of the rows when their query began
+    queried: float  # monotonic clock then
     etag: str = field(init=False)
     _gzipped: bytes | None = field(default=None, init=False, repr=False)
 
@@ -100,33 +109,58 @@ class Rendered:
 class ResponseCache:
     """Rendered answers per key, reused while the data they show is unchanged.
 
-    An answer is reused while the change listener has seen no change since its rendering
-    began, and for at most ``max_age_s`` seconds (its ages and stale flags are that much
-    behind; 0: never reused).  Concurrent requests for a key share one rendering: a request
-    takes any answer whose rendering began after it arrived, which is as fresh as one of its
-    own.  Without a listener, that sharing is all there is.
+    An answer is reused while the data it shows is unchanged, and for at most
+    ``max_age_s`` seconds (its ages and stale flags are that much behind; 0: never reused).
+    The rows it was built from are reused while they are unchanged, within the same
+    ``max_age_s`` of their query.  Unchanged means:
+
+    * while the reader of the latest topic (``statuses``) reads it: the rows, while the
+      listener has seen no change of which rows there are (``rows_version``), since the
+      values come from the topic; the answer, while the reader has not read a status since;
+    * otherwise: both, while the listener has seen no change at all (``version``).
+    Concurrent requests for a key share one rendering: a request takes any answer whose
+    rendering began after it arrived, which is as fresh as one of its own.  Without a
+    listener, that sharing is all there is.
     """
 
-    def __init__(self, max_age_s: float, changes: DataChanges | None, max_keys: int = 1000) -> None:
+    def __init__(
+        self,
+        max_age_s: float,
+        changes: DataChanges | None,
+        statuses: LatestStatuses | None = None,
+        max_keys: int = 1000,
+    ) -> None:
         self.max_age_s = max_age_s
         self.changes = changes
+        self.statuses = statuses
         self.max_keys = max_keys
         self.renderings = 0
+        self.queries = 0
         self._entries: dict[Hashable, Rendered] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
 
-    def _version(self) -> int | None:
-        changes = self.changes
-        return changes.version if changes is not None and changes.listening else None
+    def _versions(self) -> tuple[Version, Version] | None:
+        """The versions of (the rows, the answer); None while nothing listens."""
+        changes, statuses = self.changes, self.statuses
+        if changes is None or not changes.listening:
+            return None
+        if statuses is not None and statuses.reading:
+            rows: Version = ("rows", changes.rows_version)
+            return rows, (*rows, statuses.version)
+        rows = ("data", changes.version)
+        return rows, rows
 
     def _current(self, entry: Rendered) -> bool:
+        versions = self._versions()
         return (
-            entry.version is not None
-            and entry.version == self._version()
+            versions is not None
+            and entry.version == versions[1]
             and time.monotonic() - entry.started < self.max_age_s
         )
 
-    async def get(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> Rendered:
+    async def get(
+        self, key: Hashable, query: Callable[[], Awaitable[Rows]], build: Callable[[Rows], bytes]
+    ) -> Rendered:
         arrived = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and self._current(entry):
@@ -136,9 +170,20 @@ class ResponseCache:
             entry = self._entries.get(key)
             if entry is not None and (entry.started >= arrived or self._current(entry)):
                 return entry
-            started, version = time.monotonic(), self._version()
+            started, versions = time.monotonic(), self._versions()
+            rows_version, version = versions or (None, None)
             self.renderings += 1
-            entry = Rendered(await render(), started, version)
+            if (
+                entry is not None
+                and rows_version is not None
+                and entry.rows_version == rows_version
+                and started - entry.queried < self.max_age_s
+            ):
+                rows, queried = entry.rows, entry.queried
+            else:
+                self.queries += 1
+                rows, queried = await query(), started
+            entry = Rendered(build(rows), started, version, rows, rows_version, queried)
             if len(self._entries) >= self.max_keys:
                 self._entries.clear()
                 self._locks = {key: lock}
@@ -175,16 +220,20 @@ async def _answer(request: Request, settings: Settings, where: dict[str, Any]) -
     cache: ResponseCache | None = getattr(request.app.state, "realtime_cache", None)
     if cache is None:
         changes = getattr(request.app.state, "changes", None)
-        cache = ResponseCache(settings.api.realtime_cache_s, changes)
+        statuses = getattr(request.app.state, "statuses", None)
+        cache = ResponseCache(settings.api.realtime_cache_s, changes, statuses)
         request.app.state.realtime_cache = cache
 
-    async def render() -> bytes:
+    async def query() -> Rows:
         pool: AsyncConnectionPool = request.app.state.pool
         async with pool.connection() as conn:
-            return await _realtime(conn, settings, where)
+            return await _rows(conn, where)
+
+    def build(rows: Rows) -> bytes:
+        return _build(rows, settings.api.stale_after_s, cache.statuses)
 
     key = tuple(sorted((k, v) for k, v in where.items() if v is not None))
-    answer = await cache.get(key, render)
+    answer = await cache.get(key, query, build)
     headers = {"ETag": answer.etag, "Vary": "Accept-Encoding"}
     if _matches(request, answer.etag):
         return Response(status_code=304, headers=headers)
@@ -194,12 +243,8 @@ async def _answer(request: Request, settings: Settings, where: dict[str, Any]) -
     return Response(answer.body, media_type="application/json", headers=headers)
 
 
-async def _realtime(
-    conn: psycopg.AsyncConnection[Any], settings: Settings, where: dict[str, Any]
-) -> bytes:
-    """The answer as JSON, in the shape of :class:`RealtimeResponse`.  Built from plain
-    dicts with orjson (the output is the same as the models'): validating a thousand
-    measurements through the models took four times as long as the query."""
+async def _rows(conn: psycopg.AsyncConnection[Any], where: dict[str, Any]) -> Rows:
+    """The ``latest_readings`` rows of the active locations that match ``where``."""
     conditions: list[sql.Composable] = [sql.SQL("l.is_active")]
     params: list[Any] = []
     for column, value in where.items():
@@ -211,14 +256,35 @@ async def _realtime(
     ).format(_SELECT, sql.SQL(" AND ").join(conditions))
     async with conn.cursor() as cur:
         await cur.execute(query, params)
-        rows = await cur.fetchall()
+        return await cur.fetchall()
+
+
+def _build(rows: Rows, stale_after: float, statuses: LatestStatuses | None) -> bytes:
+    """The answer as JSON, in the shape of :class:`RealtimeResponse`: the rows, each with
+    its sensor's newer status from the latest topic in place of its values when there is
+    one (:mod:`api.latest`).  Built from plain dicts with orjson (the output is the same as
+    the models'): validating a thousand measurements through the models took four times as
+    long as the query."""
     if not rows:
         empty = RealtimeResponse(capture_dt=None, ymd=None, hh=None, measurements=[])
         return empty.model_dump_json().encode()
     now = datetime.now(UTC)
-    stale_after = settings.api.stale_after_s
+    fresher = statuses.fresher if statuses is not None else None
     measurements = []
-    for sensor_id, capture_dt, t, h, p, t_st, h_st, p_st, fac, bld, flr, loc, area, _ in rows:
+    newest: tuple[datetime, str] | None = None
+    for row in rows:
+        sensor_id, capture_dt, t, h, p, t_st, h_st, p_st, fac, bld, flr, loc, area, tz, upd = row
+        held = fresher(sensor_id, loc, (capture_dt, upd)) if fresher is not None else None
+        if held is not None:
+            capture_dt = held.capture_dt.astimezone(capture_dt.tzinfo)
+            t, h, p = held.temperature, held.humidity, held.pcv_temperature
+            t_st, h_st, p_st = (
+                held.temperature_status,
+                held.humidity_status,
+                held.pcv_temperature_status,
+            )
+        if newest is None or capture_dt > newest[0]:
+            newest = (capture_dt, tz)
         age = max(0.0, (now - capture_dt).total_seconds())
         measurements.append(
             {
@@ -240,10 +306,10 @@ async def _realtime(
                 "stale": age > stale_after,
             }
         )
-    newest = max(rows, key=lambda r: r[1])
-    local = newest[1].astimezone(ZoneInfo(newest[13]))
+    assert newest is not None  # there were rows
+    local = newest[0].astimezone(ZoneInfo(newest[1]))
     answer = {
-        "capture_dt": newest[1],
+        "capture_dt": newest[0],
         "ymd": f"{local:%Y%m%d}",
         "hh": f"{local:%H}",
         "measurements": measurements,

@@ -137,13 +137,17 @@ def _temperature(c: TestClient, path: str) -> str:
 def one_sensor(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
 ) -> Callable[[float], TestClient]:
-    """A TestClient factory (argument: realtime_cache_s) over one sensor's latest reading."""
+    """A TestClient factory (argument: realtime_cache_s) over one sensor's latest reading,
+    with the database as the only source of the answers (the latest topic's statuses:
+    test_api_realtime_topic.py)."""
     import_master_data(db, kafka, load_file(EXAMPLES / "locations.csv"))
     now = datetime.now(UTC)
     latest(db, "TEMPIOT-A011", "A011", now, "22.1", "50", "23.0", ("normal", None, "normal"))
 
     def make(max_age_s: float) -> TestClient:
-        api = stack.api.model_copy(update={"realtime_cache_s": max_age_s})
+        api = stack.api.model_copy(
+            update={"realtime_cache_s": max_age_s, "realtime_from_topic": False}
+        )
         settings = stack.model_copy(update={"kafka": kafka, "db": db, "api": api})
         return TestClient(create_app(settings))
 
@@ -227,7 +231,7 @@ def test_answers_are_not_reused_while_nothing_listens(
         with psycopg.connect(db.url, autocommit=True) as conn:
             killed = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE query = 'LISTEN iotmon_data_changed' AND pid <> pg_backend_pid()"
+                " WHERE query LIKE 'LISTEN iotmon_data_changed%' AND pid <> pg_backend_pid()"
                 " AND backend_start > now() - interval '1 minute'"
             ).fetchall()
         assert killed

@@ -1,0 +1,201 @@
+"""The newest status of each sensor as the worker published it, read from the latest topic.
+
+The realtime answers are rendered from ``latest_readings``, which the latest sink fills from
+the compacted latest topic.  That is two more hops (the sink's transaction, PostgreSQL's
+notification) after the worker has published a status.  :class:`LatestStatuses` reads the
+topic itself, from its end at start-up, and keeps the newest status per sensor: a realtime
+answer shows it in place of the sensor's row when it is more recent by the sink's own rule
+(``(capture_dt, updated_at)``, :func:`stream_apps.sinks.latest.rank`).
+
+The database still decides *what* an answer holds: which sensors (a deleted sensor's row is
+gone), at which location, and whether that location is active.  A status only refreshes the
+values of a row that exists, at the same location; a sensor's first reading, or its first at
+a new location, shows once the sink has written it.  So nothing here has to be complete: a
+status missed while Kafka was unreachable is in the database a moment later, and an answer
+is never older than the database's.
+
+Values are rounded as the table's ``numeric(6, 2)`` rounds them (half away from zero), so
+an answer reads the same whichever source it came from.
+
+Kafka errors are retried with backoff; a record that is not a status is skipped and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from iotmon.settings import KafkaSettings
+from schemas.readings import SensorStatus
+from schemas.topics import topic_name
+from stream_apps.sinks.latest import rank
+
+log = logging.getLogger(__name__)
+
+_CENTS = Decimal("0.01")
+
+
+def _stored(value: Decimal | None) -> Decimal | None:
+    """As ``numeric(6, 2)`` stores it."""
+    return None if value is None else value.quantize(_CENTS, ROUND_HALF_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One sensor's status, as its ``latest_readings`` row would hold it."""
+
+    loc_id: str
+    capture_dt: datetime
+    updated_at: datetime
+    temperature: Decimal | None
+    humidity: Decimal | None
+    pcv_temperature: Decimal | None
+    temperature_status: str | None
+    humidity_status: str | None
+    pcv_temperature_status: str | None
+
+    @classmethod
+    def of(cls, s: SensorStatus) -> Status:
+        return cls(
+            s.loc_id,
+            s.capture_dt,
+            s.updated_at,
+            _stored(s.temperature),
+            _stored(s.humidity),
+            _stored(s.pcv_temperature),
+            s.temperature_status,
+            s.humidity_status,
+            s.pcv_temperature_status,
+        )
+
+    @property
+    def rank(self) -> tuple[datetime, datetime]:
+        return (self.capture_dt, self.updated_at)
+
+
+class LatestStatuses:
+    """The newest status per sensor read from the latest topic since start-up.
+
+    A record is decoded only when an answer needs its sensor: of the records of a sensor
+    read between two such answers, the last one in the topic is the one used, and it
+    replaces the status held before only if it is more recent.  Memory: one status per
+    sensor seen (about a kilobyte).
+
+    :attr:`version` grows with every poll that brought records, so that an answer rendered
+    before it is not reused.  :attr:`reading` is true while the consumer is assigned the
+    topic's partitions."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        client_id: str = "api-latest",
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic_name("latest", kafka.topic_prefix)
+        self.client_id = f"{kafka.client_id}-{client_id}"
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.version = 0
+        self.reading = False
+        self.skipped = 0  # records that were not a status
+        self._unread: dict[str, bytes] = {}  # sensor -> its last record not decoded yet
+        self._held: dict[str, Status] = {}
+
+    def __len__(self) -> int:
+        return len(self._held.keys() | self._unread.keys())
+
+    def apply(self, records: list[tuple[bytes | None, bytes | None]]) -> int:
+        """Take (key, value) records in topic order; returns how many were taken (a record
+        without a key or a value is not)."""
+        taken = 0
+        unread = self._unread
+        for key, value in records:
+            if key is not None and value is not None:
+                unread[key.decode("utf-8", "replace")] = value
+                taken += 1
+        if taken:
+            self.version += 1
+        return taken
+
+    def _status(self, sensor_id: str) -> Status | None:
+        raw = self._unread.pop(sensor_id, None)
+        held = self._held.get(sensor_id)
+        if raw is None:
+            return held
+        try:
+            record = SensorStatus.model_validate_json(raw)
+        except ValidationError:
+            self.skipped += 1
+            log.warning("%s: skipping a record of %s that is not a status", self.topic, sensor_id)
+            return held
+        if record.sensor_id != sensor_id:
+            self.skipped += 1
+            log.warning(
+                "%s: skipping a record of %s keyed %s", self.topic, record.sensor_id, sensor_id
+            )
+            return held
+        if held is None or rank(record) > held.rank:
+            held = self._held[sensor_id] = Status.of(record)
+        return held
+
+    def fresher(
+        self, sensor_id: str, loc_id: str, row_rank: tuple[datetime, datetime]
+    ) -> Status | None:
+        """The status of this sensor if it is more recent than its row (of ``row_rank``)
+        and at the same location."""
+        held = self._status(sensor_id)
+        if held is None or held.rank <= row_rank or held.loc_id != loc_id:
+            return None
+        return held
+
+    async def run(self) -> None:
+        """Read the topic until cancelled, reconnecting with backoff after Kafka errors."""
+        delay = self.retry_min_s
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.kafka.bootstrap_servers,
+                client_id=self.client_id,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                request_timeout_ms=10000,
+            )
+            try:
+                await consumer.start()
+                if self.topic not in await consumer.topics():
+                    log.warning("the topic %s does not exist yet; retrying", self.topic)
+                else:
+                    # Without a group, a subscription is assigned every partition.
+                    consumer.subscribe([self.topic])
+                    await self._read(consumer)
+            except KafkaError as exc:
+                if self.reading:
+                    delay = self.retry_min_s
+                log.warning("cannot read %s (%s); answers show the rows only", self.topic, exc)
+            finally:
+                self.reading = False
+                await consumer.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # from here on, every status is read
+        self.reading = True
+        log.info("reading the newest statuses from %s", self.topic)
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            records = [(m.key, m.value) for batch in batches.values() for m in batch]
+            if records:
+                self.apply(records)
