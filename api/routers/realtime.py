@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from api.changes import DataChanges
 from api.deps import AppSettings, CanRead
 from api.latest import LatestStatuses
 from iotmon.settings import Settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/realtime", tags=["realtime"])
 
@@ -84,15 +87,11 @@ Version = tuple[Hashable, ...]
 
 @dataclass
 class Rendered:
-    """One rendered answer: the JSON body, its entity tag, and (once asked for) gzipped;
-    and the database rows it was built from."""
+    """One rendered answer: the JSON body, its entity tag, and (once asked for) gzipped."""
 
     body: bytes
     started: float  # monotonic clock when its rendering began
     version: Version | None  # the cache's version then; None when nothing was listening
-    rows: Rows
-    rows_version: Version | None  # the version of the rows when their query began
-    queried: float  # monotonic clock then
     etag: str = field(init=False)
     _gzipped: bytes | None = field(default=None, init=False, repr=False)
 
@@ -106,21 +105,33 @@ class Rendered:
         return self._gzipped
 
 
+@dataclass(frozen=True)
+class Queried:
+    """The rows of an answer's query, and the version of the rows when it began."""
+
+    rows: Rows
+    version: Version
+    started: float  # monotonic clock
+
+
 class ResponseCache:
-    """Rendered answers per key, reused while the data they show is unchanged.
+    """Rendered answers per key, reused while the data they show is unchanged, and the rows
+    they were built from.
 
     An answer is reused while the data it shows is unchanged, and for at most
     ``max_age_s`` seconds (its ages and stale flags are that much behind; 0: never reused).
-    The rows it was built from are reused while they are unchanged, within the same
-    ``max_age_s`` of their query.  Unchanged means:
+    Its rows are reused while they are unchanged.  Unchanged means:
 
     * while the reader of the latest topic (``statuses``) reads it: the rows, while the
       listener has seen no change of which rows there are (``rows_version``), since the
       values come from the topic; the answer, while the reader has not read a status since;
     * otherwise: both, while the listener has seen no change at all (``version``).
-    Concurrent requests for a key share one rendering: a request takes any answer whose
-    rendering began after it arrived, which is as fresh as one of its own.  Without a
-    listener, that sharing is all there is.
+
+    Rows older than ``max_age_s`` are queried again in the background while the answers
+    are still built from them, so that an answer never waits for the database unless its
+    rows changed.  Concurrent requests for a key share one rendering: a request takes any
+    answer whose rendering began after it arrived, which is as fresh as one of its own.
+    Without a listener, that sharing is all there is.
     """
 
     def __init__(
@@ -137,7 +148,9 @@ class ResponseCache:
         self.renderings = 0
         self.queries = 0
         self._entries: dict[Hashable, Rendered] = {}
+        self._rows: dict[Hashable, Queried] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
+        self._refreshing: dict[Hashable, asyncio.Task[None]] = {}
 
     def _versions(self) -> tuple[Version, Version] | None:
         """The versions of (the rows, the answer); None while nothing listens."""
@@ -173,22 +186,46 @@ class ResponseCache:
             started, versions = time.monotonic(), self._versions()
             rows_version, version = versions or (None, None)
             self.renderings += 1
-            if (
-                entry is not None
-                and rows_version is not None
-                and entry.rows_version == rows_version
-                and started - entry.queried < self.max_age_s
-            ):
-                rows, queried = entry.rows, entry.queried
+            held = self._rows.get(key)
+            if held is not None and rows_version is not None and held.version == rows_version:
+                if started - held.started >= self.max_age_s:
+                    self._refresh(key, query, rows_version)
+                rows = held.rows
             else:
-                self.queries += 1
-                rows, queried = await query(), started
-            entry = Rendered(build(rows), started, version, rows, rows_version, queried)
+                rows = await self._query(key, query, rows_version)
+            entry = Rendered(build(rows), started, version)
             if len(self._entries) >= self.max_keys:
                 self._entries.clear()
+                self._rows.clear()
                 self._locks = {key: lock}
             self._entries[key] = entry
             return entry
+
+    async def _query(
+        self, key: Hashable, query: Callable[[], Awaitable[Rows]], version: Version | None
+    ) -> Rows:
+        started = time.monotonic()
+        self.queries += 1
+        rows = await query()
+        if version is not None and self.max_age_s > 0:
+            self._rows[key] = Queried(rows, version, started)
+        return rows
+
+    def _refresh(
+        self, key: Hashable, query: Callable[[], Awaitable[Rows]], version: Version
+    ) -> None:
+        if key in self._refreshing:
+            return
+
+        async def refresh() -> None:
+            try:
+                await self._query(key, query, version)
+            except psycopg.Error as exc:  # the rows stay; the next rendering tries again
+                log.warning("realtime rows not renewed: %s", exc)
+            finally:
+                del self._refreshing[key]
+
+        self._refreshing[key] = asyncio.create_task(refresh(), name="realtime-rows")
 
 
 def _accepts_gzip(request: Request) -> bool:

@@ -3,6 +3,7 @@ topic refresh the rows of the real ``latest_readings`` table (:mod:`api.latest`)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -311,3 +312,29 @@ def test_only_changes_of_which_rows_there_are_query_again(
     )
     assert sorted(shown) == ["TEMPIOT-A011", "TEMPIOT-A031"]
     assert cache.queries == queries + 3
+
+
+def test_rows_past_their_max_age_are_renewed_without_making_an_answer_wait(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, rows: list[SensorStatus]
+) -> None:
+    path = "/api/v1/realtime/loc_id/A011"
+    with TestClient(create_app(app_settings(stack, kafka, db, realtime_cache_s=0.3))) as c:
+        changes = c.app.state.changes  # type: ignore[attr-defined]
+        wait_for(lambda: changes.listening and _statuses(c).reading, 20, "the listeners")
+        c.get(path)
+        cache = c.app.state.realtime_cache  # type: ignore[attr-defined]
+        queries = cache.queries
+        with psycopg.connect(db.url) as conn:
+            conn.execute(f'SET search_path TO "{db.db_schema}"')
+            conn.execute("UPDATE latest_readings SET temperature = 99")
+        time.sleep(0.4)
+
+        def temperature() -> str:
+            (m,) = c.get(path).json()["measurements"]
+            return str(m["metrics"]["temperature"]["value"])
+
+        # Past its max age the answer is built again at once, from the rows it has, and
+        # the rows are queried again meanwhile.
+        assert temperature() == "22.1"
+        wait_for(lambda: cache.queries == queries + 1, 5, "the rows' renewal")
+        wait_for(lambda: temperature() == "99.0", 5, "an answer from the renewed rows")
