@@ -116,7 +116,9 @@ class SinkSettings(BaseModel):
     group_prefix: str = "iotmon-sink"
     poll_max_messages: int = Field(2000, ge=1)
     poll_timeout_s: float = Field(0.2, gt=0)
-    poll_linger_s: float = Field(0.02, ge=0)  # latest sink: after the first record, wait this long
+    # The latest sink, when the realtime answers come from the database alone
+    # (api.realtime_from_topic false): after the first record, wait this long.
+    poll_linger_s: float = Field(0.02, ge=0)
     history_linger_s: float = Field(0.25, ge=0)  # readings, aggregates, alerts sinks: the same
     commit_every_s: float = Field(0.5, ge=0)  # commit the offsets of written records this often
     max_backoff_s: float = Field(5.0, gt=0)

@@ -26,9 +26,12 @@ WRITERS: dict[str, tuple[TopicId, type[Any]]] = {
 }
 
 
-# The sink the realtime view reads from: its rows as soon as they come.  The others write
-# history, where a quarter of a second does not show: they take bigger batches, so fewer
-# fetches, transactions and offset commits per record (see docs/performance.md).
+# The sink whose rows the realtime view shows.  When the API takes the values of the
+# realtime answers from the latest topic itself (IOTMON_API__REALTIME_FROM_TOPIC, the
+# default), those rows only decide which sensors an answer holds, and this sink batches
+# like the others.  The others write history, where a quarter of a second does not show:
+# they take bigger batches, so fewer fetches, transactions and offset commits per record
+# (see docs/performance.md).
 REALTIME = frozenset({"latest"})
 HISTORY_FETCH_MIN_BYTES = 1024 * 1024  # the broker answers a history sink's fetch at 1 MiB ...
 
@@ -37,10 +40,11 @@ def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any
     topic_id, writer_cls = WRITERS[name]
     writer: SinkWriter[Any] = writer_cls()
     sink = settings.sink
-    linger = sink.poll_linger_s if name in REALTIME else sink.history_linger_s
+    realtime = name in REALTIME and not settings.api.realtime_from_topic
+    linger = sink.poll_linger_s if realtime else sink.history_linger_s
     fetch = (
         {}
-        if name in REALTIME
+        if realtime
         else {  # ... or after the linger, whichever comes first
             "fetch.min.bytes": HISTORY_FETCH_MIN_BYTES,
             "fetch.wait.max.ms": max(1, round(linger * 1000)),
