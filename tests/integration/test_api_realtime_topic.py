@@ -24,6 +24,7 @@ from schemas.common import Status
 from schemas.readings import SensorStatus
 from schemas.topics import topic_name
 from stream_apps.sinks.latest import LatestWriter
+from tests.api_support import api_settings
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -76,13 +77,8 @@ def stored_temperature(db: DatabaseSettings, sensor: str) -> Decimal:
 def app_settings(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, **api: Any
 ) -> Settings:
-    return stack.model_copy(
-        update={
-            "kafka": kafka,
-            "db": db,
-            "api": stack.api.model_copy(update={"realtime_cache_s": 3600.0, **api}),
-        }
-    )
+    """This test's settings, with answers reused for an hour unless the data changes."""
+    return api_settings(stack, kafka, db, **{"realtime_cache_s": 3600.0, **api})
 
 
 @pytest.fixture
