@@ -334,3 +334,27 @@ def test_rows_past_their_max_age_are_renewed_without_making_an_answer_wait(
         assert temperature() == "22.1"
         wait_for(lambda: cache.queries == queries + 1, 5, "the rows' renewal")
         wait_for(lambda: temperature() == "99.0", 5, "an answer from the renewed rows")
+
+
+def test_renewed_rows_that_did_not_change_keep_their_measurements(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, rows: list[SensorStatus]
+) -> None:
+    path = "/api/v1/realtime/"
+    with TestClient(create_app(app_settings(stack, kafka, db, realtime_cache_s=0.3))) as c:
+        changes = c.app.state.changes  # type: ignore[attr-defined]
+        wait_for(lambda: changes.listening and _statuses(c).reading, 20, "the listeners")
+        first = c.get(path).json()
+        cache = c.app.state.realtime_cache  # type: ignore[attr-defined]
+        ((key, held),) = cache._rows.items()
+        assert all(slot is not None for slot in held.memo)
+        queries = cache.queries
+        time.sleep(0.4)
+        c.get(path)
+        wait_for(lambda: cache.queries == queries + 1, 5, "the rows' renewal")
+        renewed = cache._rows[key]
+        assert renewed is not held and renewed.started > held.started
+        assert renewed.rows is held.rows and renewed.memo is held.memo
+        again = c.get(path).json()
+        assert [m["metrics"] for m in again["measurements"]] == [
+            m["metrics"] for m in first["measurements"]
+        ]
