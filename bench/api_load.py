@@ -9,6 +9,12 @@ process and drives it with concurrent closed-loop clients (httpx, asyncio) for e
 scenario.  The baseline in the same run is ``/health`` at the same concurrency: the most
 this machine's HTTP stack answers with no database work at all.
 
+`hey` asks for gzip and reads the compressed bytes without decompressing them: clients on
+other machines decompress on their own cores, and here decompressing 1,000 locations'
+answers kept the load generator's core busy at about 900 answers a second, so the bench
+measured the client.  Each result says how busy the load generator's core was
+(``client_cpu_pct``); near 100 %, the client was the limit.
+
 On a machine with two or more cores the load generator gets the last core to itself and the
 API the others (``--no-pin`` shares them all), the way clients on other machines would leave
 the server its cores; PostgreSQL is not pinned.  Clients ask for gzip, as browsers and HTTP
@@ -22,6 +28,7 @@ import asyncio
 import csv
 import io
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -207,15 +214,27 @@ def hey_binary() -> str | None:
     return str(home) if home.exists() else None
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def drive_hey(hey: str, base: str, scenario: Scenario, duration_s: float) -> dict[str, Any]:
     url = base + scenario.path
     httpx.get(url, timeout=60)  # warm up
+    # An explicit Accept-Encoding turns off Go's transparent decompression: the answers are
+    # read as they come over the wire, gzipped when the API gzips them.
+    cpu_before = _children_cpu_s()
     out = subprocess.run(
-        [hey, "-z", f"{duration_s}s", "-c", str(scenario.clients), "-t", "60", "-o", "csv", url],
+        [
+            *(hey, "-z", f"{duration_s}s", "-c", str(scenario.clients), "-t", "60", "-o", "csv"),
+            *("-disable-compression", "-H", "Accept-Encoding: gzip", url),
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    client_cpu_s = _children_cpu_s() - cpu_before
     latencies: list[float] = []
     errors = 0
     last_offset = 0.0
@@ -224,12 +243,26 @@ def drive_hey(hey: str, base: str, scenario: Scenario, duration_s: float) -> dic
         last_offset = max(last_offset, float(row["offset"]) + float(row["response-time"]))
         if row["status-code"] != "200":
             errors += 1
-    size = len(httpx.get(url, timeout=60).content)
-    return _result(scenario, latencies, errors, last_offset or duration_s, [size])
+    answer = httpx.get(url, timeout=60)
+    elapsed = last_offset or duration_s
+    return _result(
+        scenario,
+        latencies,
+        errors,
+        elapsed,
+        [len(answer.content)],
+        wire_kb=round(int(answer.headers.get("content-length", len(answer.content))) / 1024, 1),
+        client_cpu_pct=round(100 * client_cpu_s / elapsed, 1),
+    )
 
 
 def _result(
-    scenario: Scenario, latencies: list[float], errors: int, elapsed: float, sizes: list[int]
+    scenario: Scenario,
+    latencies: list[float],
+    errors: int,
+    elapsed: float,
+    sizes: list[int],
+    **extra: Any,
 ) -> dict[str, Any]:
     summary = latency_summary(latencies)
     target = scenario.target_p99_ms
@@ -241,6 +274,7 @@ def _result(
         "req_per_s": round(len(latencies) / elapsed, 1),
         **summary,
         "response_kb": round(sum(sizes) / max(1, len(sizes)) / 1024, 1),
+        **extra,
         "target_p99_ms": target if target is not None else "",
         "meets_target": "" if target is None else ("yes" if summary["p99_ms"] <= target else "NO"),
     }
@@ -366,6 +400,8 @@ def main() -> None:
             "max_ms",
             "errors",
             "response_kb",
+            "wire_kb",
+            "client_cpu_pct",
             "target_p99_ms",
             "meets_target",
         ],
