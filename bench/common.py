@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,21 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
         "p99_ms": round(percentile(values, 0.99) * 1000, 2),
         "max_ms": round((values[-1] if values else float("nan")) * 1000, 2),
     }
+
+
+def core_speed_ms(rounds: int = 5) -> float:
+    """Milliseconds one core takes for a fixed pure-Python loop of a million additions, best
+    of ``rounds``.  The work never changes, so it says how fast the machine was when a result
+    was taken: this machine's cores are shared, and the same benchmark gave a third of the
+    throughput on one day that it gave on another (see docs/performance.md)."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def machine() -> dict[str, Any]:
@@ -60,6 +76,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": commit,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "core_speed_ms": core_speed_ms(),
     }
 
 
@@ -87,7 +104,8 @@ def write_results(
     m = doc["machine"]
     (RESULTS / f"{name}.md").write_text(
         f"# {name}\n\n{m['cores']} cores, {m['cpu']}, {m['memory_gib']} GiB, "
-        f"Python {m['python']}, commit {m['commit']}, {m['when']}\n\n{table}\n"
+        f"Python {m['python']}, commit {m['commit']}, {m['when']}, a million-addition loop"
+        f" in {m['core_speed_ms']} ms\n\n{table}\n"
     )
     print(table)
     if plot is not None:

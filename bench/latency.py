@@ -132,7 +132,7 @@ class PublisherProcess:
 def _publisher_main(settings: MqttSettings, nice: int, conn: Connection) -> None:
     # Applies to this process's thread and those it starts later (paho's).
     os.setpriority(os.PRIO_PROCESS, 0, nice)
-    publisher = MqttPublisher(settings)
+    publisher = MqttPublisher(settings, window=100)
     while True:
         if not conn.poll(0.2):
             publisher.drain(0)  # confirmations, while the bench waits
