@@ -14,10 +14,8 @@ from iotmon.settings import KafkaSettings
 from schemas.common import Status
 from schemas.readings import SensorStatus
 
-AT = datetime.now(UTC) - timedelta(seconds=30)
 
-
-def row(sensor: str, loc: str, t: str, at: datetime = AT) -> tuple[Any, ...]:
+def row(sensor: str, loc: str, t: str, at: datetime) -> tuple[Any, ...]:
     """A row as the realtime query returns it."""
     return (
         sensor,
@@ -38,8 +36,10 @@ def row(sensor: str, loc: str, t: str, at: datetime = AT) -> tuple[Any, ...]:
     )
 
 
-def newer(sensor: str, loc: str, t: str, seconds: int) -> tuple[bytes | None, bytes | None]:
-    at = AT + timedelta(seconds=seconds)
+def newer(
+    rows: list[tuple[Any, ...]], sensor: str, loc: str, t: str, seconds: int
+) -> tuple[bytes | None, bytes | None]:
+    at = rows[0][1] + timedelta(seconds=seconds)
     status = SensorStatus(
         sensor_id=sensor,
         loc_id=loc,
@@ -70,14 +70,18 @@ def without_age(body: bytes) -> dict[str, dict[str, Any]]:
     return shown
 
 
-ROWS = [row("TEMPIOT-A011", "A011", "22.10"), row("TEMPIOT-A012", "A012", "-3.25")]
+def rows() -> list[tuple[Any, ...]]:
+    """Two rows captured 30 s ago."""
+    at = datetime.now(UTC) - timedelta(seconds=30)
+    return [row("TEMPIOT-A011", "A011", "22.10", at), row("TEMPIOT-A012", "A012", "-3.25", at)]
 
 
 def test_a_memo_gives_the_same_answer_as_building_everything() -> None:
-    memo: Memo = [None] * len(ROWS)
-    plain = _build(ROWS, 300, None)
-    first = _build(ROWS, 300, None, memo)
-    again = _build(ROWS, 300, None, memo)
+    two = rows()
+    memo: Memo = [None] * len(two)
+    plain = _build(two, 300, None)
+    first = _build(two, 300, None, memo)
+    again = _build(two, 300, None, memo)
     assert all(slot is not None for slot in memo)
     assert without_age(plain) == without_age(first) == without_age(again)
     assert measurements(again)["TEMPIOT-A012"]["metrics"]["temperature"]["value"] == "-3.25"
@@ -85,22 +89,24 @@ def test_a_memo_gives_the_same_answer_as_building_everything() -> None:
 
 
 def test_age_and_stale_are_computed_at_every_rendering() -> None:
-    memo: Memo = [None] * len(ROWS)
-    fresh = measurements(_build(ROWS, 300, None, memo))
+    two = rows()
+    memo: Memo = [None] * len(two)
+    fresh = measurements(_build(two, 300, None, memo))
     assert not fresh["TEMPIOT-A011"]["stale"]
-    stale = measurements(_build(ROWS, 10, None, memo))  # the memo holds every row
+    stale = measurements(_build(two, 10, None, memo))  # the memo holds every row
     assert stale["TEMPIOT-A011"]["stale"]
     assert stale["TEMPIOT-A011"]["age_seconds"] >= fresh["TEMPIOT-A011"]["age_seconds"] >= 30
 
 
 def test_a_row_is_built_again_when_the_status_it_shows_changes() -> None:
+    two = rows()
     statuses = LatestStatuses(KafkaSettings())
-    memo: Memo = [None] * len(ROWS)
-    before = measurements(_build(ROWS, 300, statuses, memo))
+    memo: Memo = [None] * len(two)
+    before = measurements(_build(two, 300, statuses, memo))
     assert before["TEMPIOT-A011"]["metrics"]["temperature"]["value"] == "22.1"
 
-    statuses.apply([newer("TEMPIOT-A011", "A011", "35.5", 10)])
-    shown = measurements(_build(ROWS, 300, statuses, memo))
+    statuses.apply([newer(two, "TEMPIOT-A011", "A011", "35.5", 10)])
+    shown = measurements(_build(two, 300, statuses, memo))
     assert shown["TEMPIOT-A011"]["metrics"]["temperature"] == {"value": "35.5", "status": "warning"}
     assert shown["TEMPIOT-A011"]["metrics"]["pcv_temperature"]["value"] == "31.25"
     assert shown["TEMPIOT-A011"]["age_seconds"] < before["TEMPIOT-A011"]["age_seconds"]
@@ -109,10 +115,8 @@ def test_a_row_is_built_again_when_the_status_it_shows_changes() -> None:
         "age_seconds": shown["TEMPIOT-A012"]["age_seconds"],
     }
 
-    statuses.apply([newer("TEMPIOT-A011", "A011", "36.0", 20)])
-    latest = measurements(_build(ROWS, 300, statuses, memo))
+    statuses.apply([newer(two, "TEMPIOT-A011", "A011", "36.0", 20)])
+    latest = measurements(_build(two, 300, statuses, memo))
     assert latest["TEMPIOT-A011"]["metrics"]["temperature"]["value"] == "36.0"
     # The same as building without a memo.
-    assert without_age(_build(ROWS, 300, statuses, memo)) == without_age(
-        _build(ROWS, 300, statuses)
-    )
+    assert without_age(_build(two, 300, statuses, memo)) == without_age(_build(two, 300, statuses))
