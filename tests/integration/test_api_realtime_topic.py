@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -95,14 +96,21 @@ def rows(kafka: KafkaSettings, db: DatabaseSettings) -> list[SensorStatus]:
     return written
 
 
+@contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    """The app of ``settings``, once it reads the latest topic and listens to PostgreSQL."""
+    with TestClient(create_app(settings)) as c:
+        wait_for(lambda: _statuses(c).reading, 20, "the latest-topic reader")
+        changes = c.app.state.changes  # type: ignore[attr-defined]
+        wait_for(lambda: changes.listening, 10, "the change listener")
+        yield c
+
+
 @pytest.fixture
 def client(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, rows: list[SensorStatus]
 ) -> Iterator[TestClient]:
-    with TestClient(create_app(app_settings(stack, kafka, db))) as c:
-        wait_for(lambda: _statuses(c).reading, 20, "the latest-topic reader")
-        changes = c.app.state.changes  # type: ignore[attr-defined]
-        wait_for(lambda: changes.listening, 10, "the change listener")
+    with serving(app_settings(stack, kafka, db)) as c:
         yield c
 
 
@@ -314,9 +322,7 @@ def test_rows_past_their_max_age_are_renewed_without_making_an_answer_wait(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, rows: list[SensorStatus]
 ) -> None:
     path = "/api/v1/realtime/loc_id/A011"
-    with TestClient(create_app(app_settings(stack, kafka, db, realtime_cache_s=0.3))) as c:
-        changes = c.app.state.changes  # type: ignore[attr-defined]
-        wait_for(lambda: changes.listening and _statuses(c).reading, 20, "the listeners")
+    with serving(app_settings(stack, kafka, db, realtime_cache_s=0.3)) as c:
         c.get(path)
         cache = c.app.state.realtime_cache  # type: ignore[attr-defined]
         queries = cache.queries
@@ -340,9 +346,7 @@ def test_renewed_rows_that_did_not_change_keep_their_measurements(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, rows: list[SensorStatus]
 ) -> None:
     path = "/api/v1/realtime/"
-    with TestClient(create_app(app_settings(stack, kafka, db, realtime_cache_s=0.3))) as c:
-        changes = c.app.state.changes  # type: ignore[attr-defined]
-        wait_for(lambda: changes.listening and _statuses(c).reading, 20, "the listeners")
+    with serving(app_settings(stack, kafka, db, realtime_cache_s=0.3)) as c:
         first = c.get(path).json()
         cache = c.app.state.realtime_cache  # type: ignore[attr-defined]
         ((key, held),) = cache._rows.items()
