@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -248,9 +248,21 @@ def test_a_status_refreshes_only_a_row_that_it_is_newer_than_at_its_location(
 def test_a_record_that_is_not_a_status_is_skipped(client: TestClient, kafka: KafkaSettings) -> None:
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
     latest = topic_name("latest", kafka.topic_prefix)
-    producer.produce(latest, b'{"sensor_id": 7}', b"TEMPIOT-A012")
-    producer.produce(latest, b"{}", None)  # no key: not even held
-    producer.flush(10)
+    failed: list[Any] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            failed.append(err.code())
+
+    # A compacted topic refuses a record without a key (and with it the rest of its record
+    # batch, so it goes alone); the reader never gets one (tests/unit covers it anyway).
+    producer.produce(latest, b"{}", None, on_delivery=delivered)
+    assert producer.flush(10) == 0
+    assert failed == [KafkaError.INVALID_RECORD]
+    failed.clear()
+    producer.produce(latest, b'{"sensor_id": 7}', b"TEMPIOT-A012", on_delivery=delivered)
+    assert producer.flush(10) == 0
+    assert failed == []
     publish_keyed(kafka, "latest", [("TEMPIOT-A011", status("TEMPIOT-A011", "A011", NOW, "28.5"))])
     statuses = _statuses(client)
     wait_for(lambda: len(statuses) == 2, 10, "both keyed records")

@@ -84,3 +84,12 @@ def test_a_status_is_used_only_for_a_row_it_is_newer_than_at_its_location() -> N
     assert held.fresher("TEMPIOT-A011", "A012", (at, at)) is None  # the row has it
     assert held.fresher("TEMPIOT-A011", "A012", (T0, T0)) is not None
     assert len(held) == 1
+
+
+def test_a_record_without_a_key_or_a_value_is_not_taken() -> None:
+    held = LatestStatuses(KafkaSettings())
+    version = held.version
+    assert held.apply([(None, status(1).model_dump_json().encode()), (b"TEMPIOT-A011", None)]) == 0
+    assert len(held) == 0 and held.version == version
+    assert held.apply(records(status(2))) == 1
+    assert len(held) == 1 and held.version == version + 1
