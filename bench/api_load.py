@@ -5,20 +5,20 @@
 Fills its own schema (``bench_api``) of the local PostgreSQL: every location has one sensor,
 a latest status, and one hourly aggregate per hour for ``--days`` days (8.76 million rows by
 default), written with one INSERT ... SELECT.  It then starts ``iotmon api`` as a separate
-process and drives it with concurrent closed-loop clients (httpx, asyncio) for each
-scenario.  The baseline in the same run is ``/health`` at the same concurrency: the most
-this machine's HTTP stack answers with no database work at all.
+process and drives it with concurrent closed-loop clients for each scenario: ``hey`` when
+it is installed, else httpx (asyncio).  The baseline in the same run is ``/health`` at the
+same concurrency: the most this machine's HTTP stack answers with no database work at all.
 
-`hey` asks for gzip and reads the compressed bytes without decompressing them: clients on
-other machines decompress on their own cores, and here decompressing 1,000 locations'
-answers kept the load generator's core busy at about 900 answers a second, so the bench
-measured the client.  Each result says how busy the load generator's core was
-(``client_cpu_pct``); near 100 %, the client was the limit.
+Clients ask for gzip, as browsers and HTTP libraries do.  ``hey`` reads the compressed bytes
+without decompressing them: clients on other machines decompress on their own cores, and
+here decompressing 1,000 locations' answers kept the load generator's core busy at about 900
+answers a second, so the bench measured the client.  Each ``hey`` result says how busy the
+load generator's core was (``client_cpu_pct``; near 100 %, the client was the limit).  The
+httpx client decompresses every answer.
 
 On a machine with two or more cores the load generator gets the last core to itself and the
 API the others (``--no-pin`` shares them all), the way clients on other machines would leave
-the server its cores; PostgreSQL is not pinned.  Clients ask for gzip, as browsers and HTTP
-libraries do, and decompress every answer.
+the server its cores; PostgreSQL is not pinned.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from api.changes import DataChanges
 from api.deps import AppSettings, CanRead
-from api.latest import LatestStatuses
+from api.latest import LatestStatuses, Status
 from iotmon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Rendered:
 
 # Per row of a query, what its measurement's JSON was last built from and that JSON up to
 # its age: (the newer status it showed or None, the JSON, its capture time).
-Memo = list[tuple[Any, bytes, datetime] | None]
+Memo = list[tuple[Status | None, bytes, datetime] | None]
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ def _build(
     parts = []
     newest: tuple[datetime, str] | None = None
     for i, row in enumerate(rows):
-        sensor_id, capture_dt, loc, tz, upd = row[0], row[1], row[11], row[13], row[14]
+        sensor_id, capture_dt, _t, _h, _p, _ts, _hs, _ps, _f, _b, _fl, loc, _a, tz, upd = row
         held = fresher(sensor_id, loc, (capture_dt, upd)) if fresher is not None else None
         known = memo[i] if memo is not None else None
         if known is not None and known[0] is held:
@@ -360,7 +360,7 @@ def _build(
     return orjson.dumps(answer, option=orjson.OPT_UTC_Z)
 
 
-def _head(row: tuple[Any, ...], held: Any) -> tuple[bytes, datetime]:
+def _head(row: tuple[Any, ...], held: Status | None) -> tuple[bytes, datetime]:
     """A row's measurement as JSON without its closing brace, up to its capture time (the
     age and stale flag follow), showing ``held`` (a newer status) if there is one; and the
     capture time shown."""
