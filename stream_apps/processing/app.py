@@ -35,9 +35,11 @@ from stream_apps.processing.engine import (
     Context,
     Outputs,
     PartitionState,
+    SeenChunk,
     SensorState,
     apply_batch,
     apply_tick,
+    chunk_key,
     running_aggregates,
 )
 from stream_apps.processing.pacing import RunningPacer
@@ -84,6 +86,11 @@ class WorkerMetrics:
         self.replayed = Counter(
             "iotmon_worker_replayed_total",
             "Sensor updates skipped because already applied",
+            registry=registry,
+        )
+        self.chunks_missing = Counter(
+            "iotmon_worker_seen_chunks_missing_total",
+            "Sealed chunks of capture instants looked up and not found",
             registry=registry,
         )
 
@@ -149,6 +156,9 @@ def create_app(
     partition_table = app.Table(
         "partition-state", partitions=partitions, key_type=bytes, value_type=bytes
     )
+    # Sealed chunks of each open hour's capture instants (engine.SeenChunk), written once
+    # each, so that a sensor's state written per record stays small.
+    chunk_table = app.Table("sensor-seen", partitions=partitions, key_type=bytes, value_type=bytes)
     readings_name = topic_name("readings", kafka.topic_prefix)
     policy = WindowPolicy(grace=timedelta(seconds=w.grace_s), timezone=w.timezone)
     views: list[Views] = []
@@ -185,6 +195,11 @@ def create_app(
     changed = Changed()
 
     def queue(outputs: Outputs, partition: int) -> None:
+        for chunk in outputs.chunks:
+            if chunk.ms is None:
+                states_store.delete(chunk_table, partition, chunk.key)
+            else:
+                states_store.put(chunk_table, partition, chunk.key, chunk)
         for agg in outputs.aggregates:
             send_aggregate(agg)
         changed.update(outputs)
@@ -201,6 +216,20 @@ def create_app(
             )
 
     states_store = StateStore()
+
+    def seen_chunk(sensor_id: str, hour_start: datetime, index: int) -> frozenset[int]:
+        chunk = states_store.get(chunk_table, chunk_key(sensor_id, hour_start, index), SeenChunk)
+        if chunk is None or chunk.ms is None:
+            # Only a lost changelog record can cause this; the reading then counts as new.
+            metrics.chunks_missing.inc()
+            log.warning(
+                "sensor %s, hour %s: chunk %d of its capture instants not found",
+                sensor_id,
+                hour_start.isoformat(),
+                index,
+            )
+            return frozenset()
+        return chunk.ms
 
     def load(partition: int, batch: ReadingBatch) -> tuple[PartitionState, dict[str, SensorState]]:
         """The partition state and the stored states of the sensors ``batch`` involves."""
@@ -262,6 +291,7 @@ def create_app(
             outbox_keep=timedelta(seconds=w.outbox_keep_s),
             now=datetime.now(UTC),
             replay_from=committed(partition),
+            seen_chunk=seen_chunk,
         )
         if batch.tick_at is not None:
             metrics.records.labels("tick").inc()

@@ -21,7 +21,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-Record = tuple[bytes | None, bytes]
+Record = tuple[bytes | None, bytes | None]  # a None value: a tombstone
 
 
 class BatchSender:
@@ -32,7 +32,7 @@ class BatchSender:
         self._groups: dict[tuple[str, int], list[Record]] = defaultdict(list)
         self._inflight: list[asyncio.Future[Any]] = []
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
         self._groups[(topic, partition)].append((key, value))
 
     async def send(self) -> None:
@@ -44,7 +44,7 @@ class BatchSender:
                 while batch.append(key=key, value=value, timestamp=None) is None:
                     if filled == 0:  # a record larger than a whole batch
                         raise ValueError(
-                            f"a {len(value)}-byte record for {topic} exceeds the batch size"
+                            f"a {len(value or b'')}-byte record for {topic} exceeds the batch size"
                         )
                     await self._queue(batch, topic, partition)
                     batch, filled = self._producer.create_batch(), 0

@@ -15,7 +15,7 @@ each of them once (keys: sensor and hour; event id).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -35,7 +35,31 @@ from stream_apps.processing.lifecycle import (
     step,
 )
 from stream_apps.processing.rules import ThresholdIndex
-from stream_apps.processing.windows import HourWindow, WindowPolicy, local_hour
+from stream_apps.processing.windows import (
+    SEAL_AT,
+    ChunkLookup,
+    HourWindow,
+    WindowPolicy,
+    local_hour,
+)
+
+
+class SeenChunk(BaseModel):
+    """Capture instants of a sensor-hour, sealed out of its window (``HourWindow.seal``)
+    and stored once under :attr:`key`; ``ms`` None deletes the chunk."""
+
+    sensor_id: str
+    hour_start: datetime
+    index: int
+    ms: frozenset[int] | None = None
+
+    @property
+    def key(self) -> bytes:
+        return chunk_key(self.sensor_id, self.hour_start, self.index)
+
+
+def chunk_key(sensor_id: str, hour_start: datetime, index: int) -> bytes:
+    return f"{sensor_id}|{int(hour_start.timestamp())}|{index}".encode()
 
 
 class OutboxEntry(BaseModel):
@@ -43,6 +67,7 @@ class OutboxEntry(BaseModel):
     created: datetime
     aggregates: list[HourlyAggregate] = Field(default_factory=list)
     alerts: list[AlertEvent] = Field(default_factory=list)
+    chunks: list[SeenChunk] = Field(default_factory=list)  # sealed or deleted
 
 
 class SensorState(BaseModel):
@@ -56,6 +81,10 @@ class SensorState(BaseModel):
     last_capture: datetime | None = None
     silent_alert_id: UUID | None = None
     outbox: list[OutboxEntry] = Field(default_factory=list)
+    # Closed hours whose sealed chunks are still stored: (hour start, chunks, closed at
+    # tick time).  They are deleted OUTBOX_KEEP_S later, not at once, so a repair that
+    # re-applies records from before the close still finds them.
+    retired: list[tuple[datetime, int, datetime]] = Field(default_factory=list)
 
 
 class PartitionState(BaseModel):
@@ -143,10 +172,13 @@ class Outputs:
     # Sensor-hours whose final in ``aggregates`` was built now from the current window (not
     # re-sent from an outbox).
     finalized: list[HourKey] = field(default_factory=list)
+    # Capture-instant chunks to store (sealed) or delete (``ms`` None).
+    chunks: list[SeenChunk] = field(default_factory=list)
 
     def extend(self, entry: OutboxEntry) -> None:
         self.aggregates.extend(entry.aggregates)
         self.alerts.extend(entry.alerts)
+        self.chunks.extend(entry.chunks)
 
 
 @dataclass(frozen=True)
@@ -161,6 +193,10 @@ class Context:
     # The partition's committed offset, if known: records before it are never delivered
     # again, so their outbox entries can go (long before ``outbox_keep``).
     replay_from: int | None = None
+    # The stored chunks of capture instants (None: no store; a window with sealed chunks
+    # then refuses readings inside their ranges).
+    seen_chunk: ChunkLookup | None = None
+    seal_at: int = SEAL_AT  # capture instants per sealed chunk
 
 
 def _record(
@@ -169,6 +205,7 @@ def _record(
     ctx: Context,
     aggregates: list[HourlyAggregate],
     alerts: list[AlertEvent],
+    chunks: list[SeenChunk] | None = None,
 ) -> None:
     """Keep this record's outputs for a replay, and drop what no replay can ask for.
 
@@ -176,9 +213,15 @@ def _record(
     ``outbox_keep`` worth of events in its state, re-serialised on every record."""
     if ctx.replay_from is not None and state.outbox:
         state.outbox = [e for e in state.outbox if e.offset >= ctx.replay_from]
-    if aggregates or alerts:
+    if aggregates or alerts or chunks:
         state.outbox.append(
-            OutboxEntry(offset=offset, created=ctx.now, aggregates=aggregates, alerts=alerts)
+            OutboxEntry(
+                offset=offset,
+                created=ctx.now,
+                aggregates=aggregates,
+                alerts=alerts,
+                chunks=chunks or [],
+            )
         )
 
 
@@ -207,9 +250,21 @@ def apply_batch(
     new_alerts: dict[str, list[AlertEvent]] = {}
     newest = out.changed.newest
     skipped: set[str] = set()
+    sealed: dict[str, list[SeenChunk]] = {}
+    fresh: dict[tuple[str, datetime, int], frozenset[int]] = {}  # sealed by this record
+    stored = ctx.seen_chunk
+
+    def chunk(sid: str, hour_start: datetime, index: int) -> Collection[int]:
+        found = fresh.get((sid, hour_start, index))
+        if found is not None:
+            return found
+        if stored is None:
+            raise ValueError("a window has sealed chunks but there is no chunk store")
+        return stored(sid, hour_start, index)
+
     # Looked up once per call: this loop runs per reading.
     band_sets, location_of, now = ctx.thresholds.band_sets, ctx.location, ctx.now
-    default_zone, grace_end = ctx.policy.timezone, ctx.policy.closes_at
+    default_zone, grace_end, seal_at = ctx.policy.timezone, ctx.policy.closes_at, ctx.seal_at
     for reading in readings:
         sid = reading.sensor_id
         state = states.get(sid)
@@ -239,8 +294,13 @@ def apply_batch(
                 window = state.windows[hour_start] = HourWindow(
                     hour_start=hour_start, ymd=ymd, hour=hh
                 )
-            if window.add(reading):
+            if window.add(reading, chunk):
                 hours.add(hour_start)
+                due = window.seal(seal_at) if len(window.seen_ms) >= seal_at else None
+                if due is not None:
+                    new = SeenChunk(sensor_id=sid, hour_start=hour_start, index=due[0], ms=due[1])
+                    fresh[(sid, hour_start, due[0])] = frozenset(due[1])
+                    sealed.setdefault(sid, []).append(new)
 
         statuses: dict[str, Status | None] = {}
         alert_states = state.alerts
@@ -280,7 +340,9 @@ def apply_batch(
             out.changed.hours[(sid, hour_start)] = (state, state.windows[hour_start])
         events = new_alerts.get(sid, [])
         out.alerts.extend(events)
-        _record(state, offset, ctx, [], events)
+        chunks = sealed.get(sid, [])
+        out.chunks.extend(chunks)
+        _record(state, offset, ctx, [], events, chunks)
     if readings:
         newest_capture = max(r.capture_dt for r in readings)
         partition.watermark = max(partition.watermark or newest_capture, newest_capture)
@@ -355,6 +417,8 @@ def apply_tick(
                 window = state.windows[hour_start]
                 if data_watermark is not None and closes <= data_watermark:
                     del state.windows[hour_start]  # closed by the data: for good
+                    if window.chunks:
+                        state.retired.append((hour_start, len(window.chunks), tick_at))
                     state.closed_through = max(state.closed_through or hour_start, hour_start)
                 elif window.final_sent:
                     continue  # closed by the idle clock before, nothing new since
@@ -370,16 +434,25 @@ def apply_tick(
             since = state.last_capture or state.last_seen
             state.silent_alert_id = uuid.uuid5(NAMESPACE, f"silent|{sid}|{since.isoformat()}")
             alerts.append(_silent_event(state, AlertTransition.RAISED, since, ctx.now))
+        dropped = [
+            SeenChunk(sensor_id=sid, hour_start=hour_start, index=index)
+            for hour_start, count, closed in state.retired
+            if tick_at - closed >= ctx.outbox_keep
+            for index in range(count)
+        ]
+        if dropped:
+            state.retired = [r for r in state.retired if tick_at - r[2] < ctx.outbox_keep]
         pruned = [
             e
             for e in state.outbox
             if e.created >= tick_at - ctx.outbox_keep
             and (ctx.replay_from is None or e.offset >= ctx.replay_from)
         ]
-        if finals or alerts or len(pruned) != len(state.outbox):
+        if finals or alerts or dropped or len(pruned) != len(state.outbox):
             state.outbox = pruned
             state.last_offset = offset
-            _record(state, offset, ctx, finals, alerts)
+            _record(state, offset, ctx, finals, alerts, dropped)
             out.aggregates.extend(finals)
             out.alerts.extend(alerts)
+            out.chunks.extend(dropped)
     return out

@@ -13,8 +13,9 @@ write was a changelog message of its own.  :class:`StateStore` keeps:
 :meth:`write` sets the table values without Faust's per-key changelog send and queues the
 changelog records (partition = the input record's, as Faust's own ``__setitem__`` does) on
 the :class:`~stream_apps.processing.batches.BatchSender`, to go out in one record batch with
-the outputs.  The engine mutates the values it gets, so after a failure half way through a
-batch everything cached is dropped (:meth:`drop`) and read from the tables again.
+the outputs; a value marked deleted (:meth:`delete`) goes out as a tombstone.  The engine
+mutates the values it gets, so after a failure half way through a batch everything cached
+is dropped (:meth:`drop`) and read from the tables again.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ M = TypeVar("M", bound=BaseModel)
 class StateStore:
     def __init__(self) -> None:
         self._decoded: dict[tuple[str, bytes], tuple[bytes, BaseModel]] = {}
-        self._dirty: dict[tuple[str, bytes], tuple[Any, int, BaseModel]] = {}
+        self._dirty: dict[tuple[str, bytes], tuple[Any, int, BaseModel | None]] = {}
 
     def get(self, table: Any, key: bytes, model: type[M]) -> M | None:
         slot = (table.name, key)
         dirty = self._dirty.get(slot)
         if dirty is not None:
-            return dirty[2]  # type: ignore[return-value]
+            return dirty[2]  # type: ignore[return-value]  # None: deleted
         stored = table.get(key)
         if not stored:
             return None
@@ -52,9 +53,19 @@ class StateStore:
         """Mark ``value`` as the table's new value for ``key`` (written by :meth:`write`)."""
         self._dirty[(table.name, key)] = (table, partition, value)
 
+    def delete(self, table: Any, partition: int, key: bytes) -> None:
+        """Mark ``key`` as deleted from the table (a tombstone, written by :meth:`write`)."""
+        self._dirty[(table.name, key)] = (table, partition, None)
+
     def write(self, sender: BatchSender) -> None:
         dirty, self._dirty = self._dirty, {}
         for slot, (table, partition, value) in dirty.items():
+            if value is None:
+                if slot[1] in table.data:
+                    del table.data[slot[1]]
+                sender.add(table.changelog_topic.get_topic_name(), partition, slot[1], None)
+                self._decoded.pop(slot, None)
+                continue
             stored = value.model_dump_json().encode()
             table.data[slot[1]] = stored  # the store itself: no per-key changelog send
             sender.add(table.changelog_topic.get_topic_name(), partition, slot[1], stored)

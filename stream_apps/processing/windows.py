@@ -7,6 +7,7 @@ end by the grace period; readings of a closed hour are late.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -19,6 +20,15 @@ from schemas.readings import Reading
 _HOUR = timedelta(hours=1)
 _MILLISECOND = timedelta(milliseconds=1)
 _CENT = Decimal("0.01")
+
+# Capture instants per sealed chunk (see HourWindow).  A window then carries at most this
+# many instants, plus two numbers per chunk: about 1.5 KB at the end of an hour of one
+# reading per second, where all 3,600 instants made 28 KB.
+SEAL_AT = 128
+
+# The instants of one sealed chunk: (sensor id, hour start, chunk index) -> its instants,
+# empty if the chunk cannot be found.
+ChunkLookup = Callable[[str, datetime, int], Collection[int]]
 
 
 @lru_cache(maxsize=64)
@@ -91,7 +101,15 @@ class MetricWindow:
 @dataclass
 class HourWindow:
     """One sensor-hour: the aggregates and the capture instants already counted (duplicates
-    of a reading, same sensor and capture time, are counted once)."""
+    of a reading, same sensor and capture time, are counted once).
+
+    The instants are in whole milliseconds after ``hour_start``.  The window is written
+    whole with its sensor's state after every record, so it keeps only the newest of them
+    (``seen_ms``): every :data:`SEAL_AT` instants are sealed into a chunk, written once to
+    a table of their own (:meth:`seal`), and the window remembers only each chunk's first
+    and last instant (``chunks``, by index).  A reading inside a chunk's range is looked up
+    in that chunk, which in-order data never needs.
+    """
 
     hour_start: datetime
     ymd: str
@@ -99,23 +117,41 @@ class HourWindow:
     temperature: MetricWindow = field(default_factory=MetricWindow)
     humidity: MetricWindow = field(default_factory=MetricWindow)
     pcv_temperature: MetricWindow = field(default_factory=MetricWindow)
-    seen_ms: set[int] = field(default_factory=set)  # capture times, ms after hour_start
+    seen_ms: set[int] = field(default_factory=set)  # capture times not sealed yet
+    chunks: list[tuple[int, int]] = field(default_factory=list)  # sealed: (first, last) ms
     # A final was emitted by the idle clock; the hour stays open to the data until the
     # partition's own watermark closes it, and whatever still arrives revises that final.
     final_sent: bool = False
 
-    def add(self, reading: Reading) -> bool:
-        """Count the reading; False (and no change) if it was counted before."""
+    def add(self, reading: Reading, chunk: ChunkLookup | None = None) -> bool:
+        """Count the reading; False (and no change) if it was counted before.  ``chunk``
+        finds the instants of a sealed chunk (none sealed: not needed)."""
         offset = (reading.capture_dt - self.hour_start) // _MILLISECOND
         seen = self.seen_ms
         if offset in seen:
             return False
+        for index, (first, last) in enumerate(self.chunks):
+            if first <= offset <= last:
+                if chunk is None:
+                    raise ValueError("the window has sealed chunks but no way to read them")
+                if offset in chunk(reading.sensor_id, self.hour_start, index):
+                    return False
         seen.add(offset)
         self.temperature.add(reading.temperature)
         self.humidity.add(reading.humidity)
         if reading.pcv_temperature is not None:
             self.pcv_temperature.add(reading.pcv_temperature)
         return True
+
+    def seal(self, at: int = SEAL_AT) -> tuple[int, list[int]] | None:
+        """If ``at`` instants are unsealed: seal them, and return the new chunk's index and
+        its instants (sorted) for the caller to store."""
+        if len(self.seen_ms) < at:
+            return None
+        instants = sorted(self.seen_ms)
+        self.chunks.append((instants[0], instants[-1]))
+        self.seen_ms = set()
+        return len(self.chunks) - 1, instants
 
     def aggregate(
         self, sensor_id: str, loc_id: str, *, final: bool, now: datetime

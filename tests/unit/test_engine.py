@@ -17,12 +17,14 @@ from stream_apps.processing.engine import (
     Changed,
     Context,
     PartitionState,
+    SeenChunk,
     SensorState,
     apply_batch,
     apply_tick,
+    chunk_key,
 )
 from stream_apps.processing.rules import ThresholdIndex
-from stream_apps.processing.windows import WindowPolicy, average
+from stream_apps.processing.windows import SEAL_AT, WindowPolicy, average
 from tests.ground_truth import expected_hourly, make_readings, one_reading
 
 pytestmark = pytest.mark.unit
@@ -31,7 +33,29 @@ START = datetime(2025, 8, 1, 0, 0, tzinfo=UTC)  # 09:00 KST
 END = START + timedelta(hours=4)
 
 
-def context(now: datetime, thresholds: list[Threshold] | None = None) -> Context:
+class ChunkStore:
+    """The chunk table, as a dict: what the outputs store and delete, looked up by the
+    engine.  A lookup of a chunk that is not there fails the test."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[bytes, frozenset[int]] = {}
+        self.lookups = 0
+
+    def apply(self, chunks: list[SeenChunk]) -> None:
+        for chunk in chunks:
+            if chunk.ms is None:
+                self.chunks.pop(chunk.key, None)
+            else:
+                self.chunks[chunk.key] = chunk.ms
+
+    def lookup(self, sensor_id: str, hour_start: datetime, index: int) -> frozenset[int]:
+        self.lookups += 1
+        return self.chunks[chunk_key(sensor_id, hour_start, index)]
+
+
+def context(
+    now: datetime, thresholds: list[Threshold] | None = None, store: ChunkStore | None = None
+) -> Context:
     return Context(
         policy=WindowPolicy(grace=timedelta(minutes=10)),
         thresholds=ThresholdIndex(thresholds or []),
@@ -40,6 +64,7 @@ def context(now: datetime, thresholds: list[Threshold] | None = None) -> Context
         idle_after=timedelta(seconds=30),
         outbox_keep=timedelta(minutes=10),
         now=now,
+        seen_chunk=store.lookup if store is not None else None,
     )
 
 
@@ -81,10 +106,17 @@ def run(
     batch: int = 50,
     crash_at: int | None = None,
     replay_from: int | None = None,
+    store: ChunkStore | None = None,
+    lose_chunks: bool = False,
+    committed_lag: int | None = None,
 ):
     """Feed batches (offsets 0..), then a tick after the data; optionally 'crash' after batch
     ``crash_at``: restore the states saved at batch ``replay_from`` for half of the sensors
-    (the changelog had their updates) and the older ones for the rest, then replay."""
+    (the changelog had their updates) and the older ones for the rest, then replay.
+    ``lose_chunks``: the crash also loses the chunks stored since ``replay_from``.
+    ``committed_lag``: the committed offset runs that many records behind (outboxes pruned
+    by it, as in the worker)."""
+    store = store or ChunkStore()
     partition = PartitionState()
     states: dict[str, SensorState] = {}
     finals: dict[tuple[str, str, str], HourlyAggregate] = {}
@@ -96,8 +128,13 @@ def run(
     while offset < len(batches):
         if offset == replay_from and crash_at is not None:
             snapshots[offset] = (copy.deepcopy(partition), copy.deepcopy(states))
+            stored = dict(store.chunks)
         rt = batches[offset][-1].capture_dt + timedelta(seconds=5)
-        out = apply_batch(partition, states, batches[offset], offset, rt, context(rt, PCV_BANDS))
+        ctx = context(rt, PCV_BANDS, store)
+        if committed_lag is not None:
+            ctx = dataclasses.replace(ctx, replay_from=max(0, offset - committed_lag))
+        out = apply_batch(partition, states, batches[offset], offset, rt, ctx)
+        store.apply(out.chunks)
         late += out.late
         alerts += out.alerts
         if crash_at is not None and offset == crash_at and replay_from is not None:
@@ -108,11 +145,14 @@ def run(
                 for sid, st in states.items()
             }
             partition, states = copy.deepcopy(old_p), copy.deepcopy(mixed)
+            if lose_chunks:
+                store.chunks = stored
             offset, crash_at = replay_from, None
             continue
         offset += 1
     tick = END + timedelta(hours=1)
-    out = apply_tick(partition, states, tick, len(batches), context(tick))
+    out = apply_tick(partition, states, tick, len(batches), context(tick, store=store))
+    store.apply(out.chunks)
     for agg in out.aggregates:
         finals[(agg.sensor_id, agg.ymd, agg.hour)] = agg
     return finals, late, alerts, states
@@ -316,3 +356,76 @@ def test_an_hour_finalized_later_in_the_batch_goes_out_once() -> None:
     changed.update(apply_batch(partition, states, [reading(pause)], 2, pause, context(pause)))
     revised = changed.aggregates(pause)
     assert [(a.is_final, a.temperature.count) for a in revised if a.temperature] == [(True, 2)]
+
+
+def test_an_hour_of_fast_readings_keeps_the_state_small_and_the_counts_exact() -> None:
+    """One reading every 2 s (1,800 an hour) per sensor, shuffled over 280 s, 10% of them
+    delivered twice: the capture instants go to sealed chunks, the duplicates among them
+    are found there, and a sensor's state stays a few KB where all its instants made 14 KB
+    an hour."""
+    readings = make_readings(4, 3, START, every_s=2, duplicates=0.1, shuffle_s=280)
+    store = ChunkStore()
+    sizes: list[int] = []
+    partition = PartitionState()
+    states: dict[str, SensorState] = {}
+    batches = [readings[i : i + 40] for i in range(0, len(readings), 40)]
+    for offset, batch in enumerate(batches):
+        rt = batch[-1].capture_dt + timedelta(seconds=5)
+        ctx = dataclasses.replace(context(rt, PCV_BANDS, store), replay_from=offset)
+        out = apply_batch(partition, states, batch, offset, rt, ctx)
+        store.apply(out.chunks)
+        sizes.extend(len(s.model_dump_json()) for s in states.values())
+        assert all(len(w.seen_ms) < SEAL_AT for s in states.values() for w in s.windows.values())
+    tick = END + timedelta(hours=1)
+    out = apply_tick(partition, states, tick, len(batches), context(tick, store=store))
+    finals = {(a.sensor_id, a.ymd, a.hour): a for a in out.aggregates}
+    assert {k: as_row(v) for k, v in finals.items()} == expected_hourly(readings)
+    assert store.lookups > 100, "duplicates and out-of-order readings inside sealed chunks"
+    # Three hours are open at the end (no tick closed them), about 1 KB each, next to the
+    # alert states and the outbox.  With every instant kept they alone made 3 x 14 KB.
+    assert max(sizes) < 8_000, max(sizes)
+
+
+def test_replay_with_sealed_chunks_after_a_crash_changes_nothing() -> None:
+    """A crash with the states of half the sensors restored older, with and without the
+    chunks stored since: re-applied records seal the same chunks again, and a replayed
+    record re-sends the chunks it sealed from the outbox, so no lookup misses."""
+    readings = make_readings(6, 4, START, every_s=5, duplicates=0.1, shuffle_s=280)
+    expected = expected_hourly(readings)
+    for lose_chunks in (False, True):
+        store = ChunkStore()
+        finals, late, _, _ = run(
+            readings, crash_at=180, replay_from=120, store=store, lose_chunks=lose_chunks
+        )
+        assert late == []
+        assert {k: as_row(v) for k, v in finals.items()} == expected
+        assert store.lookups > 0
+
+
+def test_the_chunks_of_a_closed_hour_are_deleted_after_outbox_keep() -> None:
+    readings = make_readings(2, 1, START, every_s=2, duplicates=0.05, shuffle_s=60)
+    store = ChunkStore()
+    partition, states = PartitionState(), dict[str, SensorState]()
+    rt = START + timedelta(hours=1)
+    store.apply(apply_batch(partition, states, readings, 0, rt, context(rt, store=store)).chunks)
+    sealed = len(store.chunks)
+    assert sealed >= 2 * (1800 // SEAL_AT)
+    # the data's watermark passes the hour's close: the hour is gone from the state, and
+    # its chunks stay for a repair that re-applies records from before the close
+    after = START + timedelta(hours=1, minutes=11)
+    follow = [r.model_copy(update={"capture_dt": after}) for r in readings[:2]]
+    store.apply(apply_batch(partition, states, follow, 1, after, context(after)).chunks)
+    out = apply_tick(partition, states, after, 2, context(after, store=store))
+    store.apply(out.chunks)
+    assert len(store.chunks) == sealed
+    assert all(START not in s.windows and s.retired for s in states.values())
+    later = after + timedelta(minutes=10)
+    out = apply_tick(partition, states, later, 3, context(later, store=store))
+    store.apply(out.chunks)
+    assert store.chunks == {}
+    assert all(s.retired == [] for s in states.values())
+    # a replay of that tick deletes them again (from the outbox)
+    store.chunks = {b"x": frozenset()}
+    replayed = apply_tick(partition, states, later, 3, context(later, store=store))
+    assert {c.key for c in replayed.chunks} == {c.key for c in out.chunks}
+    assert all(c.ms is None for c in replayed.chunks)

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from stream_apps.processing.windows import HourWindow, local_hour
+from stream_apps.processing.windows import SEAL_AT, HourWindow, local_hour
 from tests.ground_truth import one_reading
 
 
@@ -57,3 +57,31 @@ def test_readings_a_millisecond_apart_are_two_readings() -> None:
     assert not window.add(one_reading(hour + timedelta(milliseconds=1001), hour))
     assert window.temperature.count == 4
     assert window.pcv_temperature.count == 0
+
+
+def test_sealed_instants_are_looked_up_only_inside_their_ranges() -> None:
+    hour = datetime(2025, 9, 12, 5, tzinfo=UTC)
+    window = HourWindow(hour_start=hour, ymd="20250912", hour="14")
+    for second in range(SEAL_AT):
+        assert window.add(one_reading(hour + timedelta(seconds=second), hour))
+    assert window.seal() == (0, [second * 1000 for second in range(SEAL_AT)])
+    assert window.seen_ms == set() and window.chunks == [(0, (SEAL_AT - 1) * 1000)]
+    assert window.seal() is None  # nothing due
+    chunk = frozenset(second * 1000 for second in range(SEAL_AT))
+    asked: list[tuple[str, datetime, int]] = []
+
+    def lookup(sid: str, hour_start: datetime, index: int) -> frozenset[int]:
+        asked.append((sid, hour_start, index))
+        return chunk
+
+    newer = one_reading(hour + timedelta(seconds=SEAL_AT + 5), hour)
+    assert window.add(newer)  # past every chunk: no lookup needed, none given
+    duplicate = one_reading(hour + timedelta(seconds=3), hour)
+    with pytest.raises(ValueError, match="sealed chunks"):
+        window.add(duplicate)
+    assert not window.add(duplicate, lookup)
+    assert asked == [(duplicate.sensor_id, hour, 0)]
+    between = one_reading(hour + timedelta(seconds=3, milliseconds=500), hour)
+    assert window.add(between, lookup)  # inside the range, not in the chunk: a new reading
+    assert not window.add(between, lookup)  # and now among the unsealed ones
+    assert window.temperature.count == SEAL_AT + 2
