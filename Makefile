@@ -69,3 +69,4 @@ bench: up bench-tools
 	$(BIN)/python -m bench.recovery
 	$(BIN)/python -m bench.burst
 	$(BIN)/python -m bench.api_load --reuse
+	$(BIN)/python -m bench.state_size
