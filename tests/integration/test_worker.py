@@ -3,11 +3,13 @@ and a ground truth computed independently from the same readings."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from producers.masterdata import MasterData, import_master_data
 from producers.thresholds import import_thresholds
 from schemas.aggregates import HourlyAggregate
 from schemas.master import Location, Sensor
-from schemas.readings import Reading
+from schemas.readings import Reading, ReadingBatch
 from schemas.topics import topic_name
 from tests.ground_truth import expected_hourly, hours_ago, make_readings
 from tests.helpers import read_topic, value_of, wait_for
@@ -296,3 +298,32 @@ def test_a_sensor_that_goes_silent_raises_an_alert_resolved_by_its_next_reading(
         ) == [("resolved",)]
     finally:
         p.close()
+
+
+def test_the_partitions_take_turns_to_be_ticked(pipeline: Pipeline, kafka: KafkaSettings) -> None:
+    """A tick visits every sensor of its partition.  Ticking all partitions at once held
+    up the readings behind them every interval, so one partition is ticked at a time, in
+    turn, each still once per interval."""
+    pipeline.worker()
+    pipeline.wait_ready()
+    n = pipeline.partitions
+
+    def ticks(messages: list[Any]) -> list[tuple[datetime, int]]:
+        found = []
+        for m in messages:
+            batch = ReadingBatch.model_validate_json(m.value())
+            if batch.tick_at is not None:
+                found.append((batch.tick_at, m.partition()))
+        return sorted(found)
+
+    got = read_topic(
+        kafka,
+        topic_name("readings", kafka.topic_prefix),
+        until=lambda ms: len({p for _, p in ticks(ms)[-3 * n :]}) == n and len(ticks(ms)) >= 4 * n,
+        timeout=60,
+    )
+    last = ticks(got)[-3 * n :]
+    assert {p for _, p in last} == set(range(n)), "every partition is ticked"
+    assert len({at for at, _ in last}) == len(last), "no two partitions ticked at once"
+    order = [p for _, p in last]
+    assert all(b == (a + 1) % n for a, b in itertools.pairwise(order)), order
