@@ -298,9 +298,11 @@ def apply_batch(
                 hours.add(hour_start)
                 due = window.seal(seal_at) if len(window.seen_ms) >= seal_at else None
                 if due is not None:
-                    new = SeenChunk(sensor_id=sid, hour_start=hour_start, index=due[0], ms=due[1])
-                    fresh[(sid, hour_start, due[0])] = frozenset(due[1])
-                    sealed.setdefault(sid, []).append(new)
+                    index, instants = due[0], frozenset(due[1])
+                    fresh[(sid, hour_start, index)] = instants
+                    sealed.setdefault(sid, []).append(
+                        SeenChunk(sensor_id=sid, hour_start=hour_start, index=index, ms=instants)
+                    )
 
         statuses: dict[str, Status | None] = {}
         alert_states = state.alerts

@@ -61,8 +61,7 @@ class StateStore:
         dirty, self._dirty = self._dirty, {}
         for slot, (table, partition, value) in dirty.items():
             if value is None:
-                if slot[1] in table.data:
-                    del table.data[slot[1]]
+                table.data.pop(slot[1], None)
                 sender.add(table.changelog_topic.get_topic_name(), partition, slot[1], None)
                 self._decoded.pop(slot, None)
                 continue
