@@ -20,6 +20,7 @@ from schemas.aggregates import HourlyAggregate
 from schemas.master import Location, Sensor
 from schemas.readings import Reading, ReadingBatch
 from schemas.topics import topic_name
+from stream_apps.processing.engine import SeenChunk
 from tests.ground_truth import expected_hourly, hours_ago, make_readings
 from tests.helpers import read_topic, value_of, wait_for
 from tests.pipeline import Pipeline
@@ -327,3 +328,40 @@ def test_the_partitions_take_turns_to_be_ticked(pipeline: Pipeline, kafka: Kafka
     assert len({at for at, _ in last}) == len(last), "no two partitions ticked at once"
     order = [p for _, p in last]
     assert all(b == (a + 1) % n for a, b in itertools.pairwise(order)), order
+
+
+def test_the_capture_instants_of_a_closed_hour_are_sealed_then_deleted(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, test_id: str, tmp_path: Path
+) -> None:
+    """300 readings of one sensor-hour seal two chunks of 128 capture instants into the
+    chunk table's changelog; once the data closes the hour and OUTBOX_KEEP_S has passed,
+    both are deleted there (tombstones), and the final row counts every reading once."""
+    p = Pipeline(stack, kafka, db, test_id, tmp_path, outbox_keep_s="2")
+    try:
+        start = hours_ago(3)
+        readings = [
+            reading("TEMPIOT-C001", start + timedelta(seconds=10 * i), "25.0") for i in range(300)
+        ]
+        closing = reading("TEMPIOT-C001", start + timedelta(hours=1, minutes=11), "25.0")
+        p.worker()
+        p.wait_ready()
+        p.send(readings + readings[:20])  # 20 duplicates, found in the first chunk
+        p.send([closing])
+        changelog = f"{kafka.topic_prefix}worker-{test_id}-sensor-seen-changelog"
+        hour = int(start.timestamp())
+        keys = {f"TEMPIOT-C001|{hour}|{i}".encode() for i in range(2)}
+
+        def deleted(messages: list[Any]) -> bool:
+            return {m.key() for m in messages if m.value() is None} == keys
+
+        got = read_topic(kafka, changelog, until=deleted, timeout=60)
+        assert deleted(got), [(m.key(), m.value() is None) for m in got]
+        stored = [m for m in got if m.value() is not None]
+        assert {m.key() for m in stored} == keys
+        chunks = [SeenChunk.model_validate_json(value_of(m)) for m in stored]
+        assert sorted(len(c.ms or ()) for c in chunks) == [128, 128]
+        wait_for(lambda: len(p.finals("TEMPIOT-C001")) == 2, timeout=30, what="the two final hours")
+        counts = {row["count"] for row in p.finals("TEMPIOT-C001").values()}
+        assert counts == {1, 300}
+    finally:
+        p.close()
