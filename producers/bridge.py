@@ -31,7 +31,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from iotmon.settings import BridgeSettings, MqttSettings
 from producers.topics import TopicPattern, compile_pattern, match_topic
-from schemas.readings import DeadLetterHeaders, DeadLetterReason, IngressHeaders
+from schemas.deadletters import DeadLetterHeaders, DeadLetterReason
+from schemas.readings import IngressHeaders
 
 log = logging.getLogger(__name__)
 

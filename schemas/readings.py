@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -121,37 +120,6 @@ class SensorStatus(BaseModel):
     updated_at: datetime
 
 
-class DeadLetterReason(StrEnum):
-    """Machine-readable reasons an input was rejected; also the label of the rejection counter."""
-
-    EMPTY_PAYLOAD = "empty_payload"
-    TOO_LARGE = "too_large"
-    INVALID_UTF8 = "invalid_utf8"
-    MALFORMED_JSON = "malformed_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    WRONG_TYPE = "wrong_type"
-    NOT_FINITE = "not_finite"
-    OUT_OF_RANGE = "out_of_range"
-    FUTURE_TIMESTAMP = "future_timestamp"
-    STALE_TIMESTAMP = "stale_timestamp"
-    UNKNOWN_SENSOR = "unknown_sensor"
-    SENSOR_MISMATCH = "sensor_mismatch"
-    WRONG_TOPIC = "wrong_topic"
-
-
-class DeadLetterHeaders:
-    """Header names of a dead-letter record.  Its value is the original bytes, unchanged."""
-
-    REASON = "dlq.reason"
-    DETAIL = "dlq.detail"
-    SOURCE = "dlq.source"
-    ORIGIN_TOPIC = "dlq.origin.topic"
-    ORIGIN_PARTITION = "dlq.origin.partition"
-    ORIGIN_OFFSET = "dlq.origin.offset"
-    INDEX = "dlq.index"  # position of the item in a batch array
-
-
 class IngressHeaders:
     """Headers the MQTT bridge sets on each raw record."""
 
@@ -159,16 +127,3 @@ class IngressHeaders:
     RECEIVED_AT = "received_at"  # ISO-8601 UTC instant the bridge received the message
     GATEWAY = "gateway"  # MQTT client id / gateway name when the topic names one
     SOURCE = "source"
-
-
-class DeadLetter(BaseModel):
-    """The decoded form of a dead-letter record (headers plus original bytes)."""
-
-    reason: DeadLetterReason
-    detail: str
-    source: Source
-    origin_topic: str
-    origin_partition: int
-    origin_offset: int
-    index: int | None = None
-    payload: bytes

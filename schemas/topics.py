@@ -13,8 +13,9 @@ from pydantic import BaseModel
 
 from schemas.aggregates import HourlyAggregate
 from schemas.alerts import AlertEvent
+from schemas.deadletters import DeadLetter
 from schemas.master import SensorRecord
-from schemas.readings import DeadLetter, ReadingBatch, ReadingPayload, SensorStatus
+from schemas.readings import ReadingBatch, ReadingPayload, SensorStatus
 from schemas.thresholds import ThresholdRecord
 
 CleanupPolicy = Literal["delete", "compact"]

@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
+from schemas.deadletters import DeadLetterHeaders
 from schemas.master import SensorRecord
 from schemas.readings import (
-    DeadLetterHeaders,
     IngressHeaders,
     Reading,
     ReadingBatch,

@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from schemas.deadletters import DeadLetterReason
 from schemas.master import SENSOR_ID_PATTERN, SensorRecord, loc_id_by_convention
-from schemas.readings import DeadLetterReason, Reading, Source
+from schemas.readings import Reading, Source
 from stream_apps.ingest.perceived import perceived_temperature
 
 R = DeadLetterReason

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from iotmon.settings import BridgeSettings, KafkaSettings, MqttSettings
 from producers.bridge import Bridge, BridgeMetrics, make_client
 from producers.kafka import make_producer
-from schemas.readings import DeadLetterHeaders, IngressHeaders
+from schemas.deadletters import DeadLetterHeaders
+from schemas.readings import IngressHeaders
 from schemas.topics import topic_name
 from tests.helpers import headers_of, read_topic, wait_for
 

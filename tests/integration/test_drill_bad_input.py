@@ -25,7 +25,7 @@ from producers.bridge import Bridge, BridgeMetrics, make_client
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
 from producers.simulator import build_plant, master_data
-from schemas.readings import DeadLetterHeaders
+from schemas.deadletters import DeadLetterHeaders
 from schemas.topics import topic_name
 from stream_apps.ingest.main import build as build_ingest
 from stream_apps.sinks.main import build as build_sink

@@ -20,8 +20,9 @@ from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.gateway import GatewayProducer
 from producers.kafka import make_producer
 from producers.masterdata import MasterData, import_master_data
+from schemas.deadletters import DeadLetterHeaders
 from schemas.master import Location, Sensor
-from schemas.readings import DeadLetterHeaders, ReadingBatch
+from schemas.readings import ReadingBatch
 from schemas.topics import topic_name
 from stream_apps.common.partitioning import partition_for
 from stream_apps.ingest.main import build

@@ -6,8 +6,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from schemas.deadletters import DeadLetterReason as R
 from schemas.master import Location, Sensor, SensorRecord
-from schemas.readings import DeadLetterReason as R
 from stream_apps.ingest.validate import Accepted, Limits, Rejection, validate_payload
 
 pytestmark = pytest.mark.unit
