@@ -83,6 +83,7 @@ class IngestSettings(BaseModel):
     # instead of dead-lettering its readings as unknown.
     auto_register: bool = False
     max_batch_readings: int = Field(500, ge=1)
+    max_batch_items: int = Field(1000, ge=1)
     poll_max_messages: int = Field(5000, ge=1)
     poll_timeout_s: float = Field(0.1, gt=0)
     poll_linger_s: float = Field(0.01, ge=0)  # after the first record, wait this long for more

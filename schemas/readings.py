@@ -14,7 +14,7 @@ from schemas.master import SENSOR_ID_PATTERN
 Source = Literal["mqtt", "kafka"]
 
 
-DecimalString = Annotated[str, Field(pattern=r"^\s*[-+]?\d+(\.\d+)?\s*$")]
+DecimalString = Annotated[str, Field(pattern=r"^\s*[-+]?[0-9]+(\.[0-9]+)?\s*$")]
 Number = Annotated[float | DecimalString, Field(description="a JSON number or a decimal string")]
 CaptureTime = Annotated[
     str,
