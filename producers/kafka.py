@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from pydantic import BaseModel
 
 from iotmon.settings import KafkaSettings
@@ -34,11 +34,35 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
     return Producer(producer_config(settings, **overrides))
 
 
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    partition: int | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """``producer.produce``, waiting for deliveries while librdkafka's queue is full
+    (backpressure instead of BufferError).  A record Kafka cannot take at all (too large,
+    unknown topic) raises KafkaException at once."""
+    kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": on_delivery}
+    if partition is not None:
+        kwargs["partition"] = partition
+    while True:
+        try:
+            producer.produce(topic, value, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
 def publish_keyed(
     settings: KafkaSettings, topic: TopicId, records: Iterable[tuple[str, BaseModel]]
 ) -> int:
     """Produce (key, model) pairs to a registry topic as JSON and wait until Kafka confirmed
-    each; returns how many were published, RuntimeError if some were not confirmed."""
+    each; returns how many were published, KafkaException if some were not confirmed."""
     producer = make_producer(settings)
     name = topic_name(topic, settings.topic_prefix)
     count = 0
@@ -47,5 +71,5 @@ def publish_keyed(
         count += 1
     remaining = producer.flush(30)
     if remaining:
-        raise RuntimeError(f"{remaining} records for {name} were not confirmed by Kafka")
+        raise KafkaException(f"{remaining} records for {name} were not confirmed by Kafka")
     return count

@@ -155,7 +155,7 @@ def deleted_record(threshold_id: int, upd_dt: datetime | None = None) -> Thresho
 
 def publish(kafka: KafkaSettings, records: Iterable[ThresholdRecord]) -> int:
     """Produce the records keyed by ``str(threshold_id)`` and wait for the broker; raises
-    RuntimeError when some were not confirmed."""
+    KafkaException when some were not confirmed."""
     return publish_keyed(kafka, "thresholds", ((str(r.threshold.threshold_id), r) for r in records))
 
 

@@ -21,10 +21,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-# A dead letter must fit the topic (max.message.bytes of 2 MiB): the payload kept, the
-# headers and the record overhead.  Anything beyond is cut, and ``dlq.size`` says how long
-# the original was.
-MAX_PAYLOAD_BYTES = 1024 * 1024
+# A dead letter must fit the topic (max.message.bytes of 2 MiB, as the raw topic): the
+# payload kept, the headers (each cut to MAX_HEADER_BYTES, about a dozen of them) and the
+# record overhead.  A longer payload is cut, and ``dlq.size`` says how long it was.
+MAX_PAYLOAD_BYTES = 2 * 1024 * 1024 - 64 * 1024
 MAX_DETAIL_CHARS = 1000
 MAX_HEADER_BYTES = 1024
 

@@ -29,6 +29,7 @@ def limits_from(settings: Settings) -> Limits:
         max_payload_bytes=s.max_payload_bytes,
         default_timezone=s.default_timezone,
         auto_register=s.auto_register,
+        max_batch_items=s.max_batch_items,
     )
 
 

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
-from schemas.topics import TopicId, topic_name
+from producers.kafka import make_producer
+from schemas.topics import TOPICS, TopicId, topic_name
 from stream_apps.sinks.aggregates import AggregatesWriter
 from stream_apps.sinks.alerts import AlertsWriter
 from stream_apps.sinks.latest import LatestWriter
@@ -62,13 +63,17 @@ def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any
             **fetch,
         }
     )
+    prefix = settings.kafka.topic_prefix
     return SinkRunner(
         consumer,
-        topic_name(topic_id, settings.kafka.topic_prefix),
+        make_producer(settings.kafka, **{"client.id": f"{settings.kafka.client_id}-sink-{name}"}),
+        topic_name(topic_id, prefix),
+        topic_name("dead_letters", prefix),
         settings.db.url,
         settings.db.db_schema,
         writer,
         metrics,
+        compacted=TOPICS[topic_id].cleanup_policy == "compact",
         poll_max_messages=sink.poll_max_messages,
         poll_timeout_s=sink.poll_timeout_s,
         poll_linger_s=linger,

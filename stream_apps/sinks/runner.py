@@ -1,7 +1,8 @@
 """Kafka -> PostgreSQL sinks: batch, write in one transaction, then commit the offsets.
 
-A :class:`SinkRunner` owns one consumer group and one database connection.  Per poll it
-decodes the records and hands them to its :class:`SinkWriter` inside one transaction.  The
+A :class:`SinkRunner` owns one consumer group and one database connection; its loop is the
+shared :class:`~stream_apps.common.stage.StageRunner`.  Per poll it decodes the records and
+hands them to its :class:`SinkWriter` inside one transaction.  The
 offsets of records whose transaction committed are committed to Kafka at most every
 ``commit_every_s`` (and when partitions are revoked, and at the end): never before the
 database has the rows, and not once per transaction, which at the realtime sink's pace was
@@ -10,8 +11,10 @@ keyed by what identifies a row), so a replay after a crash changes nothing.
 
 While the database is unreachable the runner pauses its partitions (the consumer keeps its
 group membership without fetching), retries the same batch with capped exponential backoff,
-and resumes when the write succeeds: nothing is lost and nothing is skipped.  Records that
-cannot be decoded are bad data: logged, counted and skipped, never retried.
+and resumes when the write succeeds: nothing is lost and nothing is skipped.  A record that
+cannot be decoded, or that the database refuses as data (a value that does not fit its
+column, ...: the failing batch is bisected down to it), goes to the dead-letter topic with
+its bytes and the error, and the others are written: one record never stops a sink.
 """
 
 from __future__ import annotations
@@ -20,18 +23,25 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, Message, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from confluent_kafka import Consumer, Message, Producer
+from prometheus_client import CollectorRegistry, Counter
 from psycopg import sql
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from stream_apps.common.offsets import PendingOffsets
-from stream_apps.common.polling import poll_batch
+from schemas.deadletters import Stage
+from stream_apps.common.stage import Polling, Prepared, StageMetrics, StageRunner
 
 log = logging.getLogger(__name__)
+
+SINK_STAGES = {
+    "readings": Stage.SINK_READINGS,
+    "aggregates": Stage.SINK_AGGREGATES,
+    "latest": Stage.SINK_LATEST,
+    "alerts": Stage.SINK_ALERTS,
+}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,63 +59,71 @@ class SinkWriter(Protocol[M]):
 
 class SinkMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.stage = StageMetrics(registry)
         self.records = Counter(
             "iotmon_sink_records_total", "Records written", ["sink"], registry=registry
         )
         self.rows = Counter(
             "iotmon_sink_rows_total", "Rows inserted or changed", ["sink"], registry=registry
         )
-        self.invalid = Counter(
-            "iotmon_sink_invalid_total",
-            "Undecodable records skipped",
-            ["sink"],
-            registry=registry,
-        )
-        self.db_failures = Counter(
-            "iotmon_sink_db_failures_total",
-            "Failed write attempts (database unavailable)",
-            ["sink"],
-            registry=registry,
-        )
-        self.paused = Gauge(
-            "iotmon_sink_paused",
-            "1 while the sink waits for the database",
-            ["sink"],
-            registry=registry,
-        )
 
 
-class SinkRunner(Generic[M]):
+class SinkRunner(StageRunner[M]):
+    """One sink: a consumer group, a database connection and a producer for dead letters."""
+
+    # A failure of these is the database's (down, restarting, not migrated, no rights):
+    # retried, never a bad record.  Anything else while writing is narrowed down to the
+    # record that causes it (a value that does not fit its column, ...), dead-lettered.
+    transient = (
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.UndefinedColumn,
+        psycopg.errors.UndefinedFunction,
+        psycopg.errors.InvalidSchemaName,
+        psycopg.errors.InsufficientPrivilege,
+    )
+
     def __init__(
         self,
         consumer: Consumer,
+        producer: Producer,
         topic: str,
+        dead_letter_topic: str,
         db_url: str,
         db_schema: str,
         writer: SinkWriter[M],
         metrics: SinkMetrics,
         *,
+        compacted: bool = False,
         poll_max_messages: int = 2000,
         poll_timeout_s: float = 0.2,
         poll_linger_s: float = 0.02,
         commit_every_s: float = 0.5,
         max_backoff_s: float = 5.0,
     ) -> None:
-        self.consumer = consumer
+        self.stage = SINK_STAGES[writer.name]
+        super().__init__(
+            consumer,
+            producer,
+            [topic],
+            dead_letter_topic,
+            metrics.stage,
+            Polling(
+                poll_max_messages, poll_timeout_s, poll_linger_s, commit_every_s, max_backoff_s
+            ),
+        )
         self.topic = topic
         self.db_url = db_url
         self.db_schema = db_schema
         self.writer = writer
         self.metrics = metrics
-        self.poll_max = poll_max_messages
-        self.poll_timeout = poll_timeout_s
-        self.poll_linger = poll_linger_s
-        self.commit_every = commit_every_s
-        self.max_backoff = max_backoff_s
+        self.compacted = compacted
         self._conn: psycopg.Connection[Any] | None = None
-        # Records written to the database, not yet committed to Kafka.
-        self._pending = PendingOffsets()
-        consumer.subscribe([topic], on_revoke=lambda _c, _p: self.commit())
+
+    @property
+    def poll_linger(self) -> float:
+        return self.polling.linger_s
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -115,84 +133,33 @@ class SinkRunner(Generic[M]):
             self._conn = conn
         return self._conn
 
-    def _decode(self, messages: list[Message]) -> list[M]:
-        records: list[M] = []
-        for msg in messages:
-            value = msg.value()
-            try:
-                if value is None:
-                    raise ValueError("empty record")
-                records.append(self.writer.model.model_validate_json(value))
-            except (ValidationError, ValueError) as exc:
-                self.metrics.invalid.labels(self.writer.name).inc()
-                log.error(
-                    "%s: skipping undecodable record %s[%s]@%s: %s",
-                    self.writer.name,
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    exc,
-                )
-        return records
+    def prepare(self, msg: Message) -> M | None:
+        value = msg.value()
+        if value is None:
+            if self.compacted:
+                return None  # a tombstone of a compacted topic: nothing to store
+            raise ValueError("a record without a value")
+        return self.writer.model.model_validate_json(value)
 
-    def _write(self, records: list[M], stop: threading.Event) -> bool:
-        """Write in one transaction, retrying while the database is down; False if stopped."""
-        backoff = 0.2
-        paused: list[TopicPartition] = []
-        try:
-            while True:
-                try:
-                    conn = self._connection()
-                    with conn.transaction():
-                        rows = self.writer.write(conn, records)
-                    self.metrics.rows.labels(self.writer.name).inc(rows)
-                    return True
-                except psycopg.OperationalError as exc:
-                    self.metrics.db_failures.labels(self.writer.name).inc()
-                    if self._conn is not None:
-                        self._conn.close()
-                    if not paused:
-                        paused = self.consumer.assignment()
-                        self.consumer.pause(paused)
-                        self.metrics.paused.labels(self.writer.name).set(1)
-                        log.warning(
-                            "%s: database unavailable (%s); pausing and retrying",
-                            self.writer.name,
-                            str(exc).strip(),
-                        )
-                    if stop.wait(backoff):
-                        return False
-                    backoff = min(backoff * 2, self.max_backoff)
-        finally:
-            if paused:
-                self.consumer.resume(paused)
-                self.metrics.paused.labels(self.writer.name).set(0)
-                log.info("%s: database back; resumed", self.writer.name)
+    def write(self, items: Sequence[Prepared[M]]) -> None:
+        """All of ``items`` in one transaction."""
+        conn = self._connection()
+        with conn.transaction():
+            rows = self.writer.write(conn, [item.item for item in items])
+        self.metrics.rows.labels(self.writer.name).inc(rows)
+        self.metrics.records.labels(self.writer.name).inc(len(items))
 
-    def step(self, stop: threading.Event) -> int:
-        """One poll: decode, write, and commit when due. Returns records consumed."""
-        polled = poll_batch(self.consumer, self.poll_max, self.poll_timeout, self.poll_linger)
-        messages = [m for m in polled if m.error() is None]
-        if messages:
-            records = self._decode(messages)
-            if records and not self._write(records, stop):
-                return 0  # stopped while waiting: nothing committed, the batch is re-read later
-            self._pending.add(messages)
-            self.metrics.records.labels(self.writer.name).inc(len(records))
-        if self._pending.due(self.commit_every):
-            self.commit()
-        return len(messages)
+    def on_transient(self, exc: BaseException) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
-    def commit(self) -> None:
-        """Commit the offsets of every record written so far (their transactions committed)."""
-        self._pending.commit(self.consumer, self.writer.name)
+    def service_of(self, exc: BaseException) -> str:
+        return "the database"
 
     def run(self, stop: threading.Event) -> None:
         log.info("sink %s: %s -> schema %s", self.writer.name, self.topic, self.db_schema)
         try:
-            while not stop.is_set():
-                self.step(stop)
-            self.commit()
+            super().run(stop)
         finally:
             if self._conn is not None:
                 self._conn.close()

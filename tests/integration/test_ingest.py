@@ -386,7 +386,8 @@ def test_a_poll_that_fails_half_way_is_not_committed(
     settings = settings.model_copy(
         update={"ingest": settings.ingest.model_copy(update={"auto_register": True})}
     )
-    processor = build(settings, CollectorRegistry())
+    registry = CollectorRegistry()
+    processor = build(settings, registry)
     try:
         with GatewayProducer(kafka) as gw:
             gw.send(reading(SENSORS[0]))
@@ -396,10 +397,33 @@ def test_a_poll_that_fails_half_way_is_not_committed(
         with GatewayProducer(kafka) as gw:
             gw.send(reading(SENSORS[1]))
             gw.send(reading("TEMPIOT-Z999"))  # unknown: its registration fails
-        with pytest.raises(psycopg.OperationalError):
-            _consume(processor, 2)
+        # The database being away is no fault of the record: the stage pauses and retries
+        # (never dead-letters) until it is stopped.
+        stop = threading.Event()
+        timer = threading.Timer(3.0, stop.set)
+        timer.start()
+        try:
+            while not stop.is_set():
+                processor.step(stop)
+        finally:
+            timer.cancel()
+        failures = registry.get_sample_value(
+            "iotmon_stage_infrastructure_failures_total", {"stage": "ingest"}
+        )
+        assert failures is not None and failures >= 2
+        assert registry.get_sample_value("iotmon_stage_poison_total", {"stage": "ingest"}) is None
         processor.commit()  # what stopping (or a revocation) does after the failure
         assert _committed(processor, kafka) == 1  # the failed poll is read again later
+        processor.producer.flush(10)
+        outputs = read_topic(
+            kafka, topic_name("readings", kafka.topic_prefix), until=lambda m: False, timeout=3
+        )
+        sent = [
+            r.sensor_id
+            for m in outputs
+            for r in ReadingBatch.model_validate_json(value_of(m)).readings
+        ]
+        assert sent == [SENSORS[0]]  # nothing of the failed poll went out
     finally:
         processor.consumer.close()
         processor.directory.close()

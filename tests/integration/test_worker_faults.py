@@ -161,7 +161,9 @@ def test_a_database_outage_of_30_seconds_loses_nothing(
         proxy.restore()
         check(p, expected, alert_ids)
         assert (
-            p.registry.get_sample_value("iotmon_sink_db_failures_total", {"sink": "aggregates"})
+            p.registry.get_sample_value(
+                "iotmon_stage_infrastructure_failures_total", {"stage": "sink.aggregates"}
+            )
             or 0
         ) > 0
     finally:
