@@ -37,6 +37,15 @@ def _register_thresholds() -> None:
 
 _register_thresholds()
 
+
+def _register_dlq() -> None:
+    from producers.dlq_cmd import dlq_app  # noqa: PLC0415
+
+    app.add_typer(dlq_app, name="dlq")
+
+
+_register_dlq()
+
 console = Console(stderr=True)
 log = logging.getLogger("iotmon")
 
