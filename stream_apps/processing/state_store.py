@@ -1,4 +1,4 @@
-"""Decoded Faust table values, written back once per batch of records.
+"""Decoded table values, written back once per batch of records.
 
 The worker's tables hold our own JSON (pydantic models, stored as bytes).  Decoding a sensor
 state per record and encoding it back per record was a quarter of the worker's time, and each
@@ -15,12 +15,14 @@ changelog records (partition = the input record's, as Faust's own ``__setitem__`
 the :class:`~stream_apps.processing.batches.BatchSender`, to go out in one record batch with
 the outputs; a value marked deleted (:meth:`delete`) goes out as a tombstone.  The engine
 mutates the values it gets, so after a failure half way through a batch everything cached
-is dropped (:meth:`drop`) and read from the tables again.
+is dropped (:meth:`drop`) and read from the tables again: the tables themselves only ever
+hold what a successful :meth:`write` put there.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import MutableMapping
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -29,12 +31,30 @@ from stream_apps.processing.batches import BatchSender
 M = TypeVar("M", bound=BaseModel)
 
 
+class Table(Protocol):
+    """A table of bytes keyed by bytes, backed by a changelog topic
+    (:class:`~stream_apps.processing.faust_glue.FaustTable` for the worker's tables)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def storage(self) -> MutableMapping[bytes, bytes]:
+        """Where the values are kept; assigning to it writes no changelog record."""
+        ...
+
+    def changelog(self) -> str:
+        """The changelog topic's name."""
+        ...
+
+
 class StateStore:
     def __init__(self) -> None:
         self._decoded: dict[tuple[str, bytes], tuple[bytes, BaseModel]] = {}
-        self._dirty: dict[tuple[str, bytes], tuple[Any, int, BaseModel | None]] = {}
+        self._dirty: dict[tuple[str, bytes], tuple[Table, int, BaseModel | None]] = {}
 
-    def get(self, table: Any, key: bytes, model: type[M]) -> M | None:
+    def get(self, table: Table, key: bytes, model: type[M]) -> M | None:
         slot = (table.name, key)
         dirty = self._dirty.get(slot)
         if dirty is not None:
@@ -49,27 +69,40 @@ class StateStore:
         self._decoded[slot] = (stored, value)
         return value
 
-    def put(self, table: Any, partition: int, key: bytes, value: BaseModel) -> None:
+    def put(self, table: Table, partition: int, key: bytes, value: BaseModel) -> None:
         """Mark ``value`` as the table's new value for ``key`` (written by :meth:`write`)."""
         self._dirty[(table.name, key)] = (table, partition, value)
 
-    def delete(self, table: Any, partition: int, key: bytes) -> None:
+    def delete(self, table: Table, partition: int, key: bytes) -> None:
         """Mark ``key`` as deleted from the table (a tombstone, written by :meth:`write`)."""
         self._dirty[(table.name, key)] = (table, partition, None)
 
     def write(self, sender: BatchSender) -> None:
-        dirty, self._dirty = self._dirty, {}
-        for slot, (table, partition, value) in dirty.items():
-            if value is None:
-                table.data.pop(slot[1], None)
-                sender.add(table.changelog_topic.get_topic_name(), partition, slot[1], None)
+        """Store every changed value in its table and queue its changelog record.
+
+        All values are encoded before the first is stored: if encoding one raises, no
+        table has changed (and the changes are still pending, for :meth:`drop`)."""
+        encoded: list[tuple[tuple[str, bytes], Table, int, bytes | None, BaseModel | None]] = []
+        for slot, (table, partition, value) in self._dirty.items():
+            stored = None if value is None else value.model_dump_json().encode()
+            encoded.append((slot, table, partition, stored, value))
+        self._dirty = {}
+        # Resolved once per table and write, not per value.
+        targets: dict[str, tuple[MutableMapping[bytes, bytes], str]] = {}
+        for slot, table, partition, stored, value in encoded:
+            target = targets.get(slot[0])
+            if target is None:
+                target = targets[slot[0]] = (table.storage(), table.changelog())
+            storage, changelog = target
+            sender.add(changelog, partition, slot[1], stored)
+            if stored is None:
+                storage.pop(slot[1], None)
                 self._decoded.pop(slot, None)
-                continue
-            stored = value.model_dump_json().encode()
-            table.data[slot[1]] = stored  # the store itself: no per-key changelog send
-            sender.add(table.changelog_topic.get_topic_name(), partition, slot[1], stored)
-            self._decoded[slot] = (stored, value)
+            else:
+                storage[slot[1]] = stored  # the store itself: no per-key changelog send
+                self._decoded[slot] = (stored, value)  # type: ignore[assignment]
 
     def drop(self) -> None:
+        """Forget every cached and every pending value (the engine may have changed them)."""
         self._decoded.clear()
         self._dirty.clear()
