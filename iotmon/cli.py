@@ -182,12 +182,17 @@ def bridge_cmd() -> None:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     from iotmon.runtime import serve_metrics, stop_on_signals  # noqa: PLC0415
+    from producers.bridge import BridgeConfigError  # noqa: PLC0415
     from producers.bridge_main import run  # noqa: PLC0415
 
     settings = _settings()
     registry = CollectorRegistry()
-    serve_metrics(registry, settings.bridge.metrics_port)
-    run(settings, stop_on_signals(), registry)
+    try:
+        serve_metrics(registry, settings.bridge.metrics_port)
+        run(settings, stop_on_signals(), registry)
+    except BridgeConfigError as exc:
+        console.print(f"[red]iotmon bridge:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @app.command("ingest")

@@ -63,7 +63,9 @@ class MqttSettings(BaseModel):
     # (subscribed as "+"), a trailing "#" matches the rest.
     topics: list[str] = Field(default_factory=lambda: ["sensors/{sensor_id}/readings"])
     extra_topics: list[str] = Field(default_factory=list)
-    qos: Literal[0, 1, 2] = 1
+    # An int, not a Literal: a Literal of ints never matched the text of an environment
+    # variable.  The bridge refuses 2 at start-up (it cannot make QoS 2 lossless).
+    qos: int = Field(1, ge=0, le=2)
     keepalive: int = 30
 
 

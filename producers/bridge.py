@@ -26,12 +26,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from iotmon.settings import BridgeSettings, MqttSettings
+from producers.kafka import produce
 from producers.topics import TopicPattern, compile_pattern, match_topic
-from schemas.deadletters import DeadLetterHeaders, DeadLetterReason
+from schemas.deadletters import (
+    MAX_PAYLOAD_BYTES,
+    SMALL_PAYLOAD_BYTES,
+    DeadLetterReason,
+    Stage,
+    dead_letter,
+)
 from schemas.readings import IngressHeaders
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,31 @@ MIN_RECONNECT_S, MAX_RECONNECT_S = 1.0, 10.0  # backoff between MQTT connection 
 
 
 class BridgeFailed(RuntimeError):
-    """Kafka refused a message for good; the bridge stops without acknowledging it."""
+    """Kafka did not take a message (unreachable); the bridge stops without acknowledging
+    it."""
+
+
+class BridgeConfigError(ValueError):
+    """The bridge's settings cannot give the delivery it promises."""
+
+
+# Kafka errors that say a record can never be taken, whatever the retries.
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+_REFUSED_FOR_GOOD = _TOO_LARGE | {KafkaError.INVALID_RECORD}
+
+
+def _too_large(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() in _TOO_LARGE
+
+
+# What a record costs beyond its key, value and headers (record and batch framing).
+RECORD_OVERHEAD = 512
+
+
+def record_size(value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """An upper bound of the bytes Kafka counts for one record in a batch of its own."""
+    return len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers) + RECORD_OVERHEAD
 
 
 class BridgeMetrics:
@@ -92,7 +123,17 @@ class Bridge:
         raw_topic: str,
         dead_letter_topic: str,
         metrics: BridgeMetrics,
+        max_record_bytes: int = 2 * 1024 * 1024,
     ) -> None:
+        if mqtt_settings.qos == 2:
+            raise BridgeConfigError(
+                "IOTMON_MQTT__QOS=2 is not supported by the bridge: at QoS 2 the broker"
+                " counts a message as delivered once the bridge has received it (PUBREC),"
+                " before Kafka confirmed it, so a bridge stopped in between would lose it."
+                " QoS 1 (the default) with the bridge's persistent session loses nothing;"
+                " set IOTMON_MQTT__QOS=1"
+            )
+        self.max_record_bytes = max_record_bytes
         self.client = client
         self.producer = producer
         self.settings = mqtt_settings
@@ -145,52 +186,129 @@ class Bridge:
             log.warning("MQTT connection lost (%s); paho reconnects", reason)
 
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Produce the message; the ack to MQTT is sent when Kafka confirms it."""
+        """Produce the message; the ack to MQTT is sent when Kafka confirms it.
+
+        The poison-message boundary: a message that cannot become a raw record (larger than
+        a Kafka record may be, or refused by the producer) or that fails for any other
+        reason is dead-lettered instead, in a form that fits, and acknowledged once the
+        dead letter is confirmed.  Redelivering it to every restart would stop the bridge
+        for good on one message."""
         self._messages += 1
         self.metrics.received.inc()
+        payload = bytes(msg.payload)
+        try:
+            self._forward(msg, payload)
+        except KafkaException as exc:
+            too_large = _too_large(exc)
+            reason = DeadLetterReason.TOO_LARGE if too_large else DeadLetterReason.INTERNAL_ERROR
+            self._dead_letter(msg, payload, reason, f"Kafka refused the message: {exc}", exc)
+        except Exception as exc:  # the boundary: this message, not the bridge
+            log.exception("MQTT message on %r failed; dead-lettered", msg.topic)
+            self._dead_letter(
+                msg,
+                payload,
+                DeadLetterReason.INTERNAL_ERROR,
+                f"{type(exc).__name__}: {exc}",
+                exc,
+            )
+
+    def _forward(self, msg: mqtt.MQTTMessage, payload: bytes) -> None:
         received_at = datetime.now(UTC).isoformat().encode()
-        found = match_topic(self.patterns, msg.topic)
-        mid, qos = msg.mid, msg.qos
+        mqtt_topic = msg.topic  # UnicodeDecodeError for a topic that is not UTF-8
+        found = match_topic(self.patterns, mqtt_topic)
         headers = [
-            (IngressHeaders.MQTT_TOPIC, msg.topic.encode()),
+            (IngressHeaders.MQTT_TOPIC, mqtt_topic.encode()),
             (IngressHeaders.RECEIVED_AT, received_at),
             (IngressHeaders.SOURCE, b"mqtt"),
         ]
         if found is None:
-            topic, key = self.dlq_topic, None
-            headers += [
-                (DeadLetterHeaders.REASON, DeadLetterReason.WRONG_TOPIC.value.encode()),
-                (
-                    DeadLetterHeaders.DETAIL,
-                    f"MQTT topic {msg.topic!r} matches no reading pattern".encode(),
-                ),
-                (DeadLetterHeaders.SOURCE, b"mqtt"),
-            ]
-            self.metrics.rejected.labels(DeadLetterReason.WRONG_TOPIC.value).inc()
-        else:
-            topic = self.raw_topic
-            key = found.sensor_id.encode() if found.sensor_id else None
-            if found.gateway:
-                headers.append((IngressHeaders.GATEWAY, found.gateway.encode()))
+            self._dead_letter(
+                msg,
+                payload,
+                DeadLetterReason.WRONG_TOPIC,
+                f"MQTT topic {mqtt_topic!r} matches no reading pattern",
+                headers=headers,
+            )
+            return
+        key = found.sensor_id.encode() if found.sensor_id else None
+        if found.gateway:
+            headers.append((IngressHeaders.GATEWAY, found.gateway.encode()))
+        size = record_size(payload, key, headers)
+        if size > self.max_record_bytes:
+            self._dead_letter(
+                msg,
+                payload,
+                DeadLetterReason.TOO_LARGE,
+                f"a record of {size} bytes is more than Kafka takes ({self.max_record_bytes})",
+                headers=headers,
+                key=key,
+            )
+            return
+        self._produce(self.raw_topic, payload, key, headers, msg, payload)
+
+    def _dead_letter(
+        self,
+        msg: mqtt.MQTTMessage,
+        payload: bytes,
+        reason: DeadLetterReason,
+        detail: str,
+        error: BaseException | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        """Send the dead letter of ``msg``; it is acknowledged once Kafka confirmed that."""
+        self.metrics.rejected.labels(reason.value).inc()
+        if headers is None:
+            # paho's topic property raises for a topic that is not UTF-8: keep its bytes.
+            headers = [(IngressHeaders.MQTT_TOPIC, msg._topic), (IngressHeaders.SOURCE, b"mqtt")]
+        for limit in (MAX_PAYLOAD_BYTES, SMALL_PAYLOAD_BYTES):
+            record = dead_letter(
+                reason=reason,
+                detail=detail,
+                stage=Stage.BRIDGE,
+                payload=payload,
+                key=key,
+                error=error,
+                source=b"mqtt",
+                passthrough=headers,
+                max_payload=limit,
+            )
+            try:
+                self._produce(self.dlq_topic, record.value, record.key, record.headers, msg, None)
+                return
+            except KafkaException as exc:
+                # This producer takes less than the topic: keep fewer of the first bytes.
+                if limit == SMALL_PAYLOAD_BYTES or not _too_large(exc):
+                    raise
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        msg: mqtt.MQTTMessage,
+        original: bytes | None,
+    ) -> None:
+        """Produce; the MQTT ack (or, for a record of ``original`` that Kafka refuses for
+        good, its dead letter) follows the delivery report."""
+        mid, qos = msg.mid, msg.qos
 
         def delivered(err: KafkaError | None, _message: Message) -> None:
+            if err is not None and original is not None and err.code() in _REFUSED_FOR_GOOD:
+                # Refused because of what it is, not because Kafka is away: dead-letter it.
+                with self._lock:
+                    self._pending -= 1
+                self._dead_letter(
+                    msg, original, DeadLetterReason.TOO_LARGE, f"Kafka refused it: {err}"
+                )
+                return
             self._delivered(err, mid, qos)
 
+        produce(self.producer, topic, value, key=key, headers=headers, on_delivery=delivered)
         with self._lock:
             self._pending += 1
-        while True:
-            try:
-                self.producer.produce(
-                    topic,
-                    value=bytes(msg.payload),
-                    key=key,
-                    headers=headers,  # type: ignore[arg-type]
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                # librdkafka's queue is full: wait for deliveries (backpressure on MQTT).
-                self.producer.flush(0.1)
 
     # -- Kafka side (the thread in run()) -------------------------------------------------
     def _delivered(self, err: KafkaError | None, mid: int, qos: int) -> None:

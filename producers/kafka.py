@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
 from pydantic import BaseModel
 
 from iotmon.settings import KafkaSettings
@@ -56,6 +58,24 @@ def produce(
             return
         except BufferError:
             producer.poll(0.1)
+
+
+def max_message_bytes(settings: KafkaSettings, topic: str, timeout: float = 10) -> int | None:
+    """The broker's ``max.message.bytes`` of ``topic`` (None when it cannot be read within
+    ``timeout``; a topic just created may take a moment to be known)."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            configs = admin.describe_configs([resource])[resource].result(timeout)
+            break
+        except KafkaException:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+    entry = configs.get("max.message.bytes")
+    return int(entry.value) if entry is not None and entry.value else None
 
 
 def publish_keyed(

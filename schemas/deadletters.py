@@ -27,6 +27,8 @@ from pydantic import BaseModel
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024 - 64 * 1024
 MAX_DETAIL_CHARS = 1000
 MAX_HEADER_BYTES = 1024
+# What a dead letter keeps of a payload when a producer or topic takes less than the above.
+SMALL_PAYLOAD_BYTES = 64 * 1024
 
 
 class DeadLetterReason(StrEnum):
@@ -114,9 +116,10 @@ def dead_letter(
     index: int | None = None,
     passthrough: Iterable[tuple[str, bytes]] = (),
     now: datetime | None = None,
+    max_payload: int = MAX_PAYLOAD_BYTES,
 ) -> DeadLetterRecord:
     """The dead letter of one record.  Never raises for any input: every text is cut to a
-    bounded length and the payload to :data:`MAX_PAYLOAD_BYTES` (``dlq.size`` then keeps the
+    bounded length and the payload to ``max_payload`` bytes (``dlq.size`` then keeps the
     original length), so the record always fits the dead-letter topic."""
     value = payload or b""
     headers: Headers = [
@@ -137,9 +140,9 @@ def dead_letter(
         headers.append((DeadLetterHeaders.ORIGIN_OFFSET, str(origin_offset).encode()))
     if index is not None:
         headers.append((DeadLetterHeaders.INDEX, str(index).encode()))
-    if len(value) > MAX_PAYLOAD_BYTES:
+    if len(value) > max_payload:
         headers.append((DeadLetterHeaders.SIZE, str(len(value)).encode()))
-        value = value[:MAX_PAYLOAD_BYTES]
+        value = value[:max_payload]
     headers.extend((name, _cut(v)) for name, v in passthrough if not name.startswith("dlq."))
     return DeadLetterRecord(_cut(key) if key is not None else None, value, headers)
 
