@@ -112,7 +112,8 @@ def test_a_message_the_producer_refuses_is_dead_lettered(
     topic = f"{mqtt.topic_prefix}sensors/{SENSOR}/readings"
     big = b"[" + b"2" * 1_500_000 + b"]"
     raw_topic = topic_name("readings_raw", kafka.topic_prefix)
-    with running_bridge(kafka, mqtt, **{"message.max.bytes": 1_000_000}) as (_b, thread):
+    producer = {"message.max.bytes": 1_000_000}
+    with running_bridge(kafka, mqtt, None, 2 * 1024 * 1024, **producer) as (_b, thread):
         publish(mqtt, [(topic, big), (topic, GOOD)])
         dead = _dead(kafka, 1)
         assert [m.value() for m in _raw(kafka, raw_topic, 1)] == [GOOD]
