@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from api import errors
 from api.changes import DataChanges
 from api.latest import LatestStatuses
+from api.poison import PoisonRecords
 from api.routers import (
     aggregation,
     alerts,
@@ -75,7 +76,7 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
             _report_end("the change listener (realtime answers are no longer reused)")
         )
         if settings.api.realtime_from_topic:
-            statuses = LatestStatuses(settings.kafka)
+            statuses = LatestStatuses(settings.kafka, poison=app.state.poison)
             app.state.statuses = statuses
             tasks.append(asyncio.create_task(statuses.run(), name="latest-statuses"))
             tasks[1].add_done_callback(
@@ -90,10 +91,12 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
                 task.cancel()
             await asyncio.wait(tasks)
             await pool.close()
+            await asyncio.to_thread(app.state.poison.close)
 
     app = FastAPI(title="iotmon", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = CollectorRegistry()
+    app.state.poison = PoisonRecords(settings.kafka, app.state.registry)
     errors.install(app)
     app.include_router(health.router)
     found = errors.responses(404)

@@ -17,29 +17,33 @@ is never older than the database's.
 Values are rounded as the table's ``numeric(6, 2)`` rounds them (half away from zero), so
 an answer reads the same whichever source it came from.
 
-Kafka errors are retried with backoff; a record that is not a status is skipped and logged.
+Kafka errors are retried with backoff.  A record that is not a status, or that fails in any
+other way, is skipped, counted, logged and dead-lettered (:mod:`api.poison`): it never breaks
+an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
+from api.poison import PoisonRecords
 from iotmon.settings import KafkaSettings
 from schemas.readings import SensorStatus
 from schemas.topics import topic_name
-from stream_apps.sinks.latest import rank
 
 log = logging.getLogger(__name__)
 
 _CENTS = Decimal("0.01")
+# (key, value) or (key, value, partition, offset) of a record of the latest topic.
+Record = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, int, int]
 
 
 def _stored(value: Decimal | None) -> Decimal | None:
@@ -98,6 +102,7 @@ class LatestStatuses:
         client_id: str = "api-latest",
         retry_min_s: float = 0.5,
         retry_max_s: float = 10.0,
+        poison: PoisonRecords | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = topic_name("latest", kafka.topic_prefix)
@@ -107,44 +112,56 @@ class LatestStatuses:
         self.version = 0
         self.reading = False
         self.skipped = 0  # records that were not a status
-        self._unread: dict[str, bytes] = {}  # sensor -> its last record not decoded yet
+        self.poison = poison
+        # sensor -> its last record not decoded yet: value, partition, offset
+        self._unread: dict[str, tuple[bytes, int | None, int | None]] = {}
         self._held: dict[str, Status] = {}
 
     def __len__(self) -> int:
         return len(self._held.keys() | self._unread.keys())
 
-    def apply(self, records: list[tuple[bytes | None, bytes | None]]) -> int:
-        """Take (key, value) records in topic order; returns how many were taken (a record
-        without a key or a value is not)."""
+    def apply(self, records: Sequence[Record]) -> int:
+        """Take (key, value[, partition, offset]) records in topic order; returns how many
+        were taken (a record without a key or a value is not)."""
         taken = 0
         unread = self._unread
-        for key, value in records:
+        for key, value, *where in records:
             if key is not None and value is not None:
-                unread[key.decode("utf-8", "replace")] = value
+                partition, offset = where if where else (None, None)
+                unread[key.decode("utf-8", "replace")] = (value, partition, offset)
                 taken += 1
         if taken:
             self.version += 1
         return taken
 
     def _status(self, sensor_id: str) -> Status | None:
-        raw = self._unread.pop(sensor_id, None)
+        unread = self._unread.pop(sensor_id, None)
         held = self._held.get(sensor_id)
-        if raw is None:
+        if unread is None:
             return held
+        raw, partition, offset = unread
         try:
             record = SensorStatus.model_validate_json(raw)
-        except ValidationError:
+            if record.sensor_id != sensor_id:
+                raise ValueError(f"a status of {record.sensor_id!r} keyed {sensor_id!r}")
+            status = Status.of(record)
+        except Exception as exc:  # noqa: BLE001 - the boundary: one record, not the answer
             self.skipped += 1
-            log.warning("%s: skipping a record of %s that is not a status", self.topic, sensor_id)
+            if self.poison is not None:
+                self.poison.report(
+                    "latest",
+                    exc,
+                    topic=self.topic,
+                    partition=partition,
+                    offset=offset,
+                    key=sensor_id.encode(),
+                    value=raw,
+                )
+            else:
+                log.warning("%s: skipping a record of %s: %s", self.topic, sensor_id, exc)
             return held
-        if record.sensor_id != sensor_id:
-            self.skipped += 1
-            log.warning(
-                "%s: skipping a record of %s keyed %s", self.topic, record.sensor_id, sensor_id
-            )
-            return held
-        if held is None or rank(record) > held.rank:
-            held = self._held[sensor_id] = Status.of(record)
+        if held is None or status.rank > held.rank:
+            held = self._held[sensor_id] = status
         return held
 
     def fresher(
@@ -196,6 +213,8 @@ class LatestStatuses:
         log.info("reading the newest statuses from %s", self.topic)
         while True:
             batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            records = [(m.key, m.value) for batch in batches.values() for m in batch]
+            records = [
+                (m.key, m.value, m.partition, m.offset) for batch in batches.values() for m in batch
+            ]
             if records:
                 self.apply(records)

@@ -14,6 +14,10 @@ offset>`` for every partition.  A client that reconnects with that id in ``Last-
 misses nothing the topic still retains; offsets older than the retention start at the oldest
 record kept.  The first event, ``ready``, carries the starting position, so that a client
 has a resume point before anything happened.
+
+A record a stream cannot render (not a status or alert event, or anything else that fails
+on it) is skipped, counted and dead-lettered (:mod:`api.poison`); the stream goes on.  The
+database failing while a record is rendered ends the stream, and the client resumes.
 """
 
 from __future__ import annotations
@@ -27,16 +31,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
+import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, ValidationError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from api.deps import AppSettings, CanRead
+from api.poison import PoisonRecords
 from api.routers.realtime import decimal_text
 from iotmon.settings import Settings
 from schemas.alerts import AlertEvent
@@ -111,13 +117,31 @@ class _Tail:
     """A started consumer assigned to every partition of a topic, positioned at ``start``
     (or the end)."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, position: dict[int, int], name: str) -> None:
+    # A failure of these while rendering is the database's, not the record's.
+    transient = (psycopg.OperationalError, PoolTimeout)
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        position: dict[int, int],
+        name: str,
+        topic_id: TopicId,
+        poison: PoisonRecords,
+    ) -> None:
         self.consumer = consumer
         self.position = position
         self.name = name
+        self.topic_id = topic_id
+        self.poison = poison
 
     @classmethod
-    async def open(cls, settings: Settings, topic: TopicId, start: dict[int, int] | None) -> _Tail:
+    async def open(
+        cls,
+        settings: Settings,
+        topic: TopicId,
+        start: dict[int, int] | None,
+        poison: PoisonRecords,
+    ) -> _Tail:
         name = topic_name(topic, settings.kafka.topic_prefix)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -154,7 +178,7 @@ class _Tail:
         except KafkaError as exc:
             await consumer.stop()
             raise HTTPException(503, f"Kafka is unavailable: {exc}", {"Retry-After": "5"}) from None
-        return cls(consumer, position, name)
+        return cls(consumer, position, name, topic, poison)
 
     async def events(self, render: Callable[[bytes], Any]) -> AsyncIterator[ServerSentEvent]:
         """``ready`` with the starting position, then every rendered record, forever."""
@@ -172,7 +196,21 @@ class _Tail:
                         position[tp.partition] = record.offset + 1
                         if record.value is None:
                             continue
-                        rendered = await render(record.value)
+                        try:
+                            rendered = await render(record.value)
+                        except self.transient:
+                            raise  # the database is away: the stream ends, the client resumes
+                        except Exception as exc:  # noqa: BLE001 - one record, not the stream
+                            self.poison.report(
+                                f"stream.{self.topic_id}",
+                                exc,
+                                topic=self.name,
+                                partition=tp.partition,
+                                offset=record.offset,
+                                key=record.key,
+                                value=record.value,
+                            )
+                            continue
                         if rendered is None:
                             continue
                         event, data = rendered
@@ -185,12 +223,9 @@ class _Tail:
             await self.consumer.stop()
 
 
-def _decode(model: type[M], raw: bytes) -> M | None:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        log.warning("stream: skipping a record that is not a %s", model.__name__)
-        return None
+def _decode(model: type[M], raw: bytes) -> M:
+    """The record as ``model``; ValidationError (the stream's boundary dead-letters it)."""
+    return model.model_validate_json(raw)
 
 
 class _Clients:
@@ -224,7 +259,7 @@ async def _respond(
     clients = _admit(request, settings)
     clients.open += 1
     try:
-        tail = await _Tail.open(settings, topic, start)
+        tail = await _Tail.open(settings, topic, start, request.app.state.poison)
     except BaseException:
         clients.open -= 1
         raise
@@ -286,8 +321,6 @@ async def realtime(
 
     async def render(raw: bytes) -> Event | None:
         status = _decode(SensorStatus, raw)
-        if status is None:
-            return None
         if (sensor_id and status.sensor_id != sensor_id) or (loc_id and status.loc_id != loc_id):
             return None
         place = await cache.get(status.loc_id)
@@ -341,8 +374,6 @@ async def alerts(
 
     async def render(raw: bytes) -> Event | None:
         event = _decode(AlertEvent, raw)
-        if event is None:
-            return None
         for wanted, actual in (
             (sensor_id, event.sensor_id),
             (loc_id, event.loc_id),
