@@ -42,6 +42,11 @@ from schemas.topics import topic_name
 log = logging.getLogger(__name__)
 
 _CENTS = Decimal("0.01")
+# Bounds of what is held from the topic (ids are at most 64 characters; a status is about
+# 400 bytes); MAX_UNREAD sensors at most wait to be decoded.
+MAX_KEY_BYTES = 256
+MAX_STATUS_BYTES = 16 * 1024
+MAX_UNREAD = 200_000
 # (key, value) or (key, value, partition, offset) of a record of the latest topic.
 Record = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, int, int]
 
@@ -90,7 +95,8 @@ class LatestStatuses:
     A record is decoded only when an answer needs its sensor: of the records of a sensor
     read between two such answers, the last one in the topic is the one used, and it
     replaces the status held before only if it is more recent.  Memory: one status per
-    sensor seen (about a kilobyte).
+    sensor seen (about a kilobyte), and at most ``MAX_UNREAD`` records of at most
+    ``MAX_STATUS_BYTES`` waiting to be decoded.
 
     :attr:`version` grows with every poll that brought records, so that an answer rendered
     before it is not reused.  :attr:`reading` is true while the consumer is assigned the
@@ -112,6 +118,7 @@ class LatestStatuses:
         self.version = 0
         self.reading = False
         self.skipped = 0  # records that were not a status
+        self.poison_fetches = 0  # fetches that failed on a record the client cannot parse
         self.poison = poison
         # sensor -> its last record not decoded yet: value, partition, offset
         self._unread: dict[str, tuple[bytes, int | None, int | None]] = {}
@@ -126,10 +133,20 @@ class LatestStatuses:
         taken = 0
         unread = self._unread
         for key, value, *where in records:
-            if key is not None and value is not None:
-                partition, offset = where if where else (None, None)
-                unread[key.decode("utf-8", "replace")] = (value, partition, offset)
-                taken += 1
+            if key is None or value is None:
+                continue
+            partition, offset = where if where else (None, None)
+            if len(key) > MAX_KEY_BYTES or len(value) > MAX_STATUS_BYTES:
+                # Not a status of a sensor (ids are at most 64 characters, a status about
+                # 400 bytes): never held, so that memory stays bounded.
+                self._poison(key, value, partition, offset, ValueError("oversized record"))
+                continue
+            sensor = key.decode("utf-8", "replace")
+            unread.pop(sensor, None)  # re-inserted last: the dict stays in arrival order
+            unread[sensor] = (value, partition, offset)
+            taken += 1
+            if len(unread) > MAX_UNREAD:
+                del unread[next(iter(unread))]  # the oldest; the database has that row
         if taken:
             self.version += 1
         return taken
@@ -146,23 +163,33 @@ class LatestStatuses:
                 raise ValueError(f"a status of {record.sensor_id!r} keyed {sensor_id!r}")
             status = Status.of(record)
         except Exception as exc:  # noqa: BLE001 - the boundary: one record, not the answer
-            self.skipped += 1
-            if self.poison is not None:
-                self.poison.report(
-                    "latest",
-                    exc,
-                    topic=self.topic,
-                    partition=partition,
-                    offset=offset,
-                    key=sensor_id.encode(),
-                    value=raw,
-                )
-            else:
-                log.warning("%s: skipping a record of %s: %s", self.topic, sensor_id, exc)
+            self._poison(sensor_id.encode(), raw, partition, offset, exc)
             return held
         if held is None or status.rank > held.rank:
             held = self._held[sensor_id] = status
         return held
+
+    def _poison(
+        self,
+        key: bytes,
+        value: bytes,
+        partition: int | None,
+        offset: int | None,
+        exc: BaseException,
+    ) -> None:
+        self.skipped += 1
+        if self.poison is not None:
+            self.poison.report(
+                "latest",
+                exc,
+                topic=self.topic,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+            )
+        else:
+            log.warning("%s: skipping a record at %s: %s", self.topic, offset, exc)
 
     def fresher(
         self, sensor_id: str, loc_id: str, row_rank: tuple[datetime, datetime]
@@ -198,6 +225,11 @@ class LatestStatuses:
                 if self.reading:
                     delay = self.retry_min_s
                 log.warning("cannot read %s (%s); answers show the rows only", self.topic, exc)
+            except Exception:  # the boundary of the fetch: a record the client cannot parse
+                # (a header name that is not UTF-8 fails the whole fetch).  Reading starts
+                # again from the topic's end, past it; the rows show meanwhile.
+                self.poison_fetches += 1
+                log.exception("cannot read %s; starting again from its end", self.topic)
             finally:
                 self.reading = False
                 await consumer.stop()

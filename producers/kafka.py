@@ -11,7 +11,10 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from pydantic import BaseModel
 
 from iotmon.settings import KafkaSettings
+from schemas.deadletters import MAX_PAYLOAD_BYTES, SMALL_PAYLOAD_BYTES
 from schemas.topics import TopicId, topic_name
+
+HEADER_ROOM = 64 * 1024  # a dead letter's headers and framing, at most
 
 
 def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -76,6 +79,16 @@ def max_message_bytes(settings: KafkaSettings, topic: str, timeout: float = 10) 
             time.sleep(0.2)
     entry = configs.get("max.message.bytes")
     return int(entry.value) if entry is not None and entry.value else None
+
+
+def dead_letter_payload_limit(settings: KafkaSettings) -> int:
+    """How much of a payload a dead letter may keep to fit the dead-letter topic as the
+    broker has it configured (a deployment may have given it less than the registry's
+    2 MiB): its limit less room for the headers, at least :data:`SMALL_PAYLOAD_BYTES`."""
+    limit = max_message_bytes(settings, topic_name("dead_letters", settings.topic_prefix))
+    if limit is None:
+        return MAX_PAYLOAD_BYTES
+    return max(SMALL_PAYLOAD_BYTES, min(MAX_PAYLOAD_BYTES, limit - HEADER_ROOM))
 
 
 def publish_keyed(

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024 - 64 * 1024
 MAX_DETAIL_CHARS = 1000
 MAX_HEADER_BYTES = 1024
+MAX_PASSTHROUGH_BYTES = 8 * 1024  # all the original's headers that a dead letter keeps
 # What a dead letter keeps of a payload when a producer or topic takes less than the above.
 SMALL_PAYLOAD_BYTES = 64 * 1024
 
@@ -117,6 +118,7 @@ def dead_letter(
     passthrough: Iterable[tuple[str, bytes]] = (),
     now: datetime | None = None,
     max_payload: int = MAX_PAYLOAD_BYTES,
+    replayed_from: bytes | None = None,
 ) -> DeadLetterRecord:
     """The dead letter of one record.  Never raises for any input: every text is cut to a
     bounded length and the payload to ``max_payload`` bytes (``dlq.size`` then keeps the
@@ -143,7 +145,21 @@ def dead_letter(
     if len(value) > max_payload:
         headers.append((DeadLetterHeaders.SIZE, str(len(value)).encode()))
         value = value[:max_payload]
-    headers.extend((name, _cut(v)) for name, v in passthrough if not name.startswith("dlq."))
+    if replayed_from is not None:
+        headers.append((DeadLetterHeaders.REPLAYED_FROM, _cut(replayed_from)))
+    # The original's own headers: the first value of each name, within a total budget (a
+    # record may repeat a header thousands of times).
+    seen: set[str] = set()
+    budget = MAX_PASSTHROUGH_BYTES
+    for name, v in passthrough:
+        if name in seen or name.startswith("dlq.") or len(name) > MAX_HEADER_BYTES:
+            continue
+        kept = _cut(v)
+        if len(name) + len(kept) > budget:
+            break
+        seen.add(name)
+        budget -= len(name) + len(kept)
+        headers.append((name, kept))
     return DeadLetterRecord(_cut(key) if key is not None else None, value, headers)
 
 
@@ -198,14 +214,16 @@ class DeadLetter(BaseModel):
         headers: Sequence[tuple[str, bytes | None]] | None,
         timestamp_ms: int | None = None,
     ) -> DeadLetter:
-        """Never raises: a record without our headers reads as reason ``unknown``."""
+        """Never raises: a record without our headers reads as reason ``unknown``, a header
+        that does not hold a number where one is expected reads as absent, and a timestamp a
+        datetime cannot hold (brokers accept any 64-bit value) reads as None."""
         H = DeadLetterHeaders
         payload = value or b""
         original = _int(header(headers, H.SIZE))
         return cls(
             partition=partition,
             offset=offset,
-            timestamp=datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms else None,
+            timestamp=_timestamp(timestamp_ms),
             reason=_text(header(headers, H.REASON)) or "unknown",
             detail=_text(header(headers, H.DETAIL)) or "",
             stage=_text(header(headers, H.STAGE)),
@@ -221,3 +239,14 @@ class DeadLetter(BaseModel):
             payload=payload,
             headers={k: _text(v) or "" for k, v in headers or ()},
         )
+
+
+def _timestamp(ms: int | None) -> datetime | None:
+    """A record timestamp in milliseconds as a UTC datetime; None when absent (0) or beyond
+    the years 1 to 9999 (or the platform's ``time_t``)."""
+    if not ms:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -38,6 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from producers.kafka import produce
 from schemas.deadletters import (
+    MAX_PAYLOAD_BYTES,
+    SMALL_PAYLOAD_BYTES,
     DeadLetterReason,
     DeadLetterRecord,
     Stage,
@@ -47,6 +49,7 @@ from schemas.deadletters import (
 from schemas.readings import IngressHeaders
 from stream_apps.common.offsets import PendingOffsets
 from stream_apps.common.polling import poll_batch
+from stream_apps.common.unavailable import kafka_refused_record
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,18 @@ PASSTHROUGH = (
 
 
 def headers_of(msg: Message) -> list[tuple[str, bytes]]:
-    """A record's headers that have a value."""
-    headers = msg.headers()
+    """A record's headers that have a value; none when they cannot be read.
+
+    Call it once per record: a header *name* that is not UTF-8 makes confluent-kafka's
+    ``headers()`` raise the first time and return a broken list (a NULL name) after.
+    """
+    try:
+        headers = msg.headers()
+    except Exception:  # noqa: BLE001 - SystemError from the client: unreadable headers
+        return []
     if not isinstance(headers, list):
         return []
-    return [(k, v) for k, v in headers if isinstance(v, bytes)]
+    return [(k, v) for k, v in headers if isinstance(k, str) and isinstance(v, bytes)]
 
 
 class StageMetrics:
@@ -117,7 +127,8 @@ class StageRunner(Generic[T]):
     :meth:`prepare` and :meth:`write`."""
 
     stage: Stage
-    # Exceptions that mean a service is unavailable (retry), never that a record is bad.
+    # Exceptions that mean a service is unavailable (retry), never that a record is bad;
+    # :meth:`is_transient` may look closer.
     transient: tuple[type[BaseException], ...] = ()
 
     def __init__(
@@ -128,8 +139,11 @@ class StageRunner(Generic[T]):
         dead_letter_topic: str,
         metrics: StageMetrics,
         polling: Polling,
+        dead_letter_max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.consumer = consumer
+        self.dead_letter_max_payload = dead_letter_max_payload
+        self._headers: dict[int, list[tuple[str, bytes]]] = {}  # of this poll's records
         self.producer = producer
         self.dead_letter_topic = dead_letter_topic
         self.stage_metrics = metrics
@@ -174,8 +188,32 @@ class StageRunner(Generic[T]):
             on_delivery=self._on_delivery,
         )
 
-    def send_dead_letter(self, record: DeadLetterRecord) -> None:
-        self.produce(self.dead_letter_topic, record.value, key=record.key, headers=record.headers)
+    def headers(self, msg: Message) -> list[tuple[str, bytes]]:
+        """``msg``'s headers, read once per poll (see :func:`headers_of`)."""
+        found = self._headers.get(id(msg))
+        if found is None:
+            found = self._headers[id(msg)] = headers_of(msg)
+        return found
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means a service is unavailable rather than a record is bad."""
+        return isinstance(exc, self.transient)
+
+    def send_dead_letter(self, build: Callable[[int], DeadLetterRecord]) -> None:
+        """Produce the dead letter ``build(max_payload)`` makes; when the producer refuses
+        it as too large (its own limit is lower than the topic's), with the payload cut to
+        :data:`SMALL_PAYLOAD_BYTES`."""
+        limits = (self.dead_letter_max_payload, SMALL_PAYLOAD_BYTES)
+        for limit in limits:
+            record = build(limit)
+            try:
+                self.produce(
+                    self.dead_letter_topic, record.value, key=record.key, headers=record.headers
+                )
+                return
+            except KafkaException as exc:
+                if limit == limits[-1] or not kafka_refused_record(exc):
+                    raise
 
     def poison(self, msg: Message, exc: BaseException) -> None:
         """Dead-letter ``msg``, which this stage failed on with ``exc``."""
@@ -190,9 +228,10 @@ class StageRunner(Generic[T]):
             exc,
             exc_info=exc,
         )
-        headers = headers_of(msg)
+        headers = self.headers(msg)
         self.send_dead_letter(
-            dead_letter(
+            lambda max_payload: dead_letter(
+                max_payload=max_payload,
                 reason=DeadLetterReason.INTERNAL_ERROR,
                 detail=f"{type(exc).__name__}: {exc}",
                 stage=self.stage,
@@ -216,6 +255,7 @@ class StageRunner(Generic[T]):
         """One poll: prepare, write, and commit when due.  Returns records consumed."""
         p = self.polling
         messages = poll_batch(self.consumer, p.max_messages, p.timeout_s, p.linger_s)
+        self._headers.clear()
         self.refresh()
         done: list[Message] = []
         prepared: list[Prepared[T]] = []
@@ -226,9 +266,9 @@ class StageRunner(Generic[T]):
             done.append(msg)
             try:
                 item = self.prepare(msg)
-            except self.transient:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the boundary: this record, not the stage
+            except Exception as exc:
+                if self.is_transient(exc):
+                    raise
                 self.poison(msg, exc)
                 continue
             if item is not None:
@@ -254,7 +294,9 @@ class StageRunner(Generic[T]):
                 try:
                     self._bisect(items)
                     return True
-                except self.transient as exc:
+                except Exception as exc:
+                    if not self.is_transient(exc):
+                        raise  # not from a write: a bug of the stage, for the supervisor
                     self.stage_metrics.transient.labels(label).inc()
                     self.on_transient(exc)
                     if not paused:
@@ -279,9 +321,9 @@ class StageRunner(Generic[T]):
     def _bisect(self, items: list[Prepared[T]]) -> None:
         try:
             self.write(items)
-        except self.transient:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the boundary, narrowed down to one record
+        except Exception as exc:
+            if self.is_transient(exc):
+                raise
             if len(items) == 1:
                 self.poison(items[0].msg, exc)
                 return

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
-from producers.kafka import make_producer
+from producers.kafka import dead_letter_payload_limit, make_producer
 from producers.masterdata import auto_register, import_master_data
 from schemas.master import SensorRecord
 from schemas.topics import topic_name
@@ -72,6 +72,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
         poll_linger_s=settings.ingest.poll_linger_s,
         commit_every_s=settings.ingest.commit_every_s,
         registrar=register if settings.ingest.auto_register else None,
+        dead_letter_max_payload=dead_letter_payload_limit(kafka),
     )
 
 

@@ -23,13 +23,18 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-import psycopg
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry, Counter
 
-from schemas.deadletters import Stage, dead_letter, header
+from schemas.deadletters import (
+    MAX_PAYLOAD_BYTES,
+    DeadLetterHeaders,
+    Stage,
+    dead_letter,
+    header,
+)
 from schemas.master import SensorRecord
 from schemas.readings import IngressHeaders, Reading, ReadingBatch, Source
 from stream_apps.common.directory import SensorDirectory
@@ -40,11 +45,13 @@ from stream_apps.common.stage import (
     Prepared,
     StageMetrics,
     StageRunner,
-    headers_of,
 )
+from stream_apps.common.unavailable import database_unavailable, kafka_unavailable
 from stream_apps.ingest.validate import Accepted, Limits, Rejection, validate_payload
 
 log = logging.getLogger(__name__)
+
+_PLAUSIBLE = timedelta(days=1)  # how far a reception time may be from now
 
 
 class IngestMetrics:
@@ -92,8 +99,11 @@ Validated = list[tuple[Accepted | Rejection, bytes | None]]
 
 class IngestProcessor(StageRunner[Validated]):
     stage = Stage.INGEST
-    # Only auto-registration does I/O besides Kafka: PostgreSQL, then the sensors topic.
-    transient = (psycopg.OperationalError, KafkaException)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        # Only auto-registration does I/O besides producing: PostgreSQL, then the sensors
+        # topic (KafkaException when Kafka did not confirm it).
+        return database_unavailable(exc) or kafka_unavailable(exc)
 
     def __init__(
         self,
@@ -111,6 +121,7 @@ class IngestProcessor(StageRunner[Validated]):
         commit_every_s: float = 0.5,
         registrar: Registrar | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        dead_letter_max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         super().__init__(
             consumer,
@@ -119,6 +130,7 @@ class IngestProcessor(StageRunner[Validated]):
             topics.dead_letters,
             metrics.stage,
             Polling(poll_max_messages, poll_timeout_s, poll_linger_s, commit_every_s),
+            dead_letter_max_payload,
         )
         self.directory = directory
         self.limits = limits
@@ -143,19 +155,9 @@ class IngestProcessor(StageRunner[Validated]):
     def prepare(self, msg: Message) -> Validated:
         """Every item of the record, accepted or rejected with a reason (pure)."""
         self.metrics.records.inc()
-        headers = headers_of(msg)
+        headers = self.headers(msg)
         source: Source = "mqtt" if header(headers, IngressHeaders.SOURCE) == b"mqtt" else "kafka"
-        received_raw = header(headers, IngressHeaders.RECEIVED_AT)
-        try:
-            received_at = (
-                datetime.fromisoformat(received_raw.decode("ascii"))
-                if received_raw
-                else datetime.fromtimestamp(msg.timestamp()[1] / 1000, UTC)
-            )
-            if received_at.tzinfo is None:
-                received_at = received_at.replace(tzinfo=UTC)
-        except (ValueError, OverflowError, OSError):
-            received_at = self._now
+        received_at = self._received_at(msg, header(headers, IngressHeaders.RECEIVED_AT))
         key = msg.key()
         try:
             key_sensor = key.decode() if key else None
@@ -170,6 +172,24 @@ class IngestProcessor(StageRunner[Validated]):
             source=source,
             received_at=received_at,
         )
+
+    def _received_at(self, msg: Message, raw: bytes | None) -> datetime:
+        """When the reading came in: the bridge's header, else the record's time; now when
+        neither is a plausible UTC instant (within a day of now).  Normalised to UTC, so
+        that every reading written can be read back (an offset such as +23:59:59.999999
+        is written by pydantic as +24:00, which it cannot read)."""
+        try:
+            at = (
+                datetime.fromisoformat(raw.decode("ascii"))
+                if raw
+                else datetime.fromtimestamp(msg.timestamp()[1] / 1000, UTC)
+            )
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            at = at.astimezone(UTC)
+        except (ValueError, OverflowError, OSError):
+            return self._now
+        return at if abs(at - self._now) <= _PLAUSIBLE else self._now
 
     def write(self, items: Sequence[Prepared[Validated]]) -> None:
         """Register new sensors (if asked to), then produce the dead letters and one
@@ -209,9 +229,10 @@ class IngestProcessor(StageRunner[Validated]):
 
     def _reject(self, msg: Message, rejection: Rejection, payload: bytes | None) -> None:
         self.metrics.rejected.labels(rejection.reason.value).inc()
-        headers = headers_of(msg)
+        headers = self.headers(msg)
         self.send_dead_letter(
-            dead_letter(
+            lambda max_payload: dead_letter(
+                max_payload=max_payload,
                 reason=rejection.reason,
                 detail=rejection.detail,
                 stage=self.stage,
@@ -223,6 +244,7 @@ class IngestProcessor(StageRunner[Validated]):
                 source=header(headers, IngressHeaders.SOURCE) or b"kafka",
                 index=rejection.index,
                 passthrough=[(k, v) for k, v in headers if k in PASSTHROUGH],
+                replayed_from=header(headers, DeadLetterHeaders.REPLAYED_FROM),
             )
         )
 

@@ -178,18 +178,15 @@ _UPSERT_ALERT = sql.SQL(
 
 
 def _valid(events: Iterable[AlertEvent]) -> dict[UUID, AlertEvent]:
-    """The events by id; an event without an alert level is bad data, logged and dropped
-    (the database would refuse it, and retrying would never succeed)."""
+    """The events by id; ValueError for an event without an alert level (bad data: the
+    database would refuse it, and the sink's boundary dead-letters it)."""
     valid: dict[UUID, AlertEvent] = {}
     for event in events:
         if event.level is Status.NORMAL:
-            log.error(
-                "alerts: dropping event %s of alert %s: level %r is not an alert level",
-                event.event_id,
-                event.alert_id,
-                event.level.value,
+            raise ValueError(
+                f"event {event.event_id} of alert {event.alert_id}: level"
+                f" {event.level.value!r} is not an alert level"
             )
-            continue
         valid[event.event_id] = event
     return valid
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
-from producers.kafka import make_producer
+from producers.kafka import dead_letter_payload_limit, make_producer
 from schemas.topics import TOPICS, TopicId, topic_name
 from stream_apps.sinks.aggregates import AggregatesWriter
 from stream_apps.sinks.alerts import AlertsWriter
@@ -74,6 +74,7 @@ def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any
         writer,
         metrics,
         compacted=TOPICS[topic_id].cleanup_policy == "compact",
+        dead_letter_max_payload=dead_letter_payload_limit(settings.kafka),
         poll_max_messages=sink.poll_max_messages,
         poll_timeout_s=sink.poll_timeout_s,
         poll_linger_s=linger,

@@ -31,8 +31,9 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg import sql
 from pydantic import BaseModel
 
-from schemas.deadletters import Stage
+from schemas.deadletters import MAX_PAYLOAD_BYTES, Stage
 from stream_apps.common.stage import Polling, Prepared, StageMetrics, StageRunner
+from stream_apps.common.unavailable import database_unavailable, kafka_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,12 @@ class SinkMetrics:
 class SinkRunner(StageRunner[M]):
     """One sink: a consumer group, a database connection and a producer for dead letters."""
 
-    # A failure of these is the database's (down, restarting, not migrated, no rights):
-    # retried, never a bad record.  Anything else while writing is narrowed down to the
-    # record that causes it (a value that does not fit its column, ...), dead-lettered.
-    transient = (
-        psycopg.OperationalError,
-        psycopg.InterfaceError,
-        psycopg.errors.UndefinedTable,
-        psycopg.errors.UndefinedColumn,
-        psycopg.errors.UndefinedFunction,
-        psycopg.errors.InvalidSchemaName,
-        psycopg.errors.InsufficientPrivilege,
-    )
+    def is_transient(self, exc: BaseException) -> bool:
+        # The database down, restarting, read-only, not migrated, without rights, or Kafka
+        # away (for the dead letters): retried, never a bad record.  Anything else while
+        # writing is narrowed down to the record that causes it (a value beyond its column,
+        # an index row too large, ...) and dead-lettered.
+        return database_unavailable(exc) or kafka_unavailable(exc)
 
     def __init__(
         self,
@@ -96,6 +91,7 @@ class SinkRunner(StageRunner[M]):
         metrics: SinkMetrics,
         *,
         compacted: bool = False,
+        dead_letter_max_payload: int = MAX_PAYLOAD_BYTES,
         poll_max_messages: int = 2000,
         poll_timeout_s: float = 0.2,
         poll_linger_s: float = 0.02,
@@ -112,6 +108,7 @@ class SinkRunner(StageRunner[M]):
             Polling(
                 poll_max_messages, poll_timeout_s, poll_linger_s, commit_every_s, max_backoff_s
             ),
+            dead_letter_max_payload,
         )
         self.topic = topic
         self.db_url = db_url
