@@ -19,19 +19,18 @@ import time
 import unicodedata
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
-    Message,
     TopicPartition,
 )
 
@@ -102,9 +101,11 @@ def parse_since(
     since: str | None, last: str | None, now: datetime | None = None
 ) -> datetime | None:
     """The earliest time selected by ``--since`` (ISO-8601 date or time, UTC when it names
-    no offset) or ``--last`` (a duration such as ``90s``, ``15m``, ``1h``, ``2d``, ``1w``).
+    no offset) or ``--last`` (a duration such as ``90s``, ``15m``, ``1h``, ``2d``, ``1w``),
+    in UTC.
 
-    Returns None when neither is given; ValueError when both are, or one cannot be read.
+    Returns None when neither is given; ValueError when both are, one cannot be read, or
+    the time it names is not in the years 1 to 9999 UTC.
     """
     if since and last:
         raise ValueError("give --since or --last, not both")
@@ -112,14 +113,23 @@ def parse_since(
         match = _DURATION.match(last)
         if match is None:
             raise ValueError(f"{last!r} is not a duration such as 90s, 15m, 1h, 2d or 1w")
-        span = timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
-        return (now or datetime.now(UTC)) - span
+        try:
+            return (now or datetime.now(UTC)) - timedelta(
+                seconds=float(match[1]) * _UNIT_SECONDS[match[2]]
+            )
+        except OverflowError:
+            raise ValueError(f"{last!r} reaches back before the year 1") from None
     if since:
         try:
             at = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"{since!r} is not an ISO-8601 date or time") from None
-        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        if at.tzinfo is None:
+            return at.replace(tzinfo=UTC)
+        try:
+            return at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(f"{since!r} is outside the years 1 to 9999 in UTC") from None
     return None
 
 
@@ -164,7 +174,11 @@ def _retrying(call: Callable[[], T], timeout: float) -> T:
 
 
 def _bounds(
-    consumer: Consumer, topic: str, selection: Selection, timeout: float
+    consumer: Consumer,
+    topic: str,
+    selection: Selection,
+    timeout: float,
+    until: Mapping[int, int] | None = None,
 ) -> dict[int, tuple[int, int]]:
     """For each partition with something to read: (first offset, end offset) to read."""
     meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
@@ -176,10 +190,14 @@ def _bounds(
             consumer.get_watermark_offsets, TopicPartition(topic, p), timeout=timeout
         )
         low, high = _retrying(watermarks, timeout)
+        if until is not None:
+            high = min(high, until.get(p, low))
         if selection.offsets:
             low, high = max(low, min(selection.offsets)), min(high, max(selection.offsets) + 1)
-        if selection.since is not None and high > low:
-            ms = int(selection.since.timestamp() * 1000)
+        ms = int(selection.since.timestamp() * 1000) if selection.since is not None else -1
+        # A time before the epoch selects from the start: the broker takes no negative time
+        # (-1 and -2 name the end and the start, any other is refused).
+        if ms >= 0 and high > low:
             by_time = partial(consumer.offsets_for_times, [TopicPartition(topic, p, ms)], timeout)
             (found,) = _retrying(by_time, timeout)
             # -1: no record at or after that time
@@ -189,18 +207,38 @@ def _bounds(
     return bounds
 
 
-def _headers(msg: Message) -> list[tuple[str, bytes | None]]:
-    headers = msg.headers()
+class _Record(Protocol):
+    def headers(self) -> Any: ...
+
+
+def record_headers(msg: _Record) -> list[tuple[str, bytes | None]]:
+    """The headers of a consumed record; none when the client cannot read them.
+
+    Calls ``msg.headers()`` exactly once: for a header name that is not UTF-8,
+    confluent-kafka raises on the first call and returns a list holding a NULL name on the
+    next, which crashes the interpreter when used.  Such a record then reads as a dead
+    letter of reason ``unknown``, which ``show`` still displays.
+    """
+    try:
+        headers = msg.headers()
+    except Exception as exc:  # noqa: BLE001 - SystemError from the client, for one record
+        log.warning("a dead letter's headers cannot be read (%s); read without them", exc)
+        return []
     if not isinstance(headers, list):  # None: a record without headers
         return []
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in headers]
 
 
 def read_dead_letters(
-    kafka: KafkaSettings, selection: Selection | None = None, *, timeout: float = 30.0
+    kafka: KafkaSettings,
+    selection: Selection | None = None,
+    *,
+    timeout: float = 30.0,
+    until: Mapping[int, int] | None = None,
 ) -> Generator[DeadLetter, None, None]:
     """The dead letters that ``selection`` matches, in offset order, up to the end offset of
-    the topic when the read started.
+    the topic when the read started, or with ``until`` up to that offset (exclusive) of each
+    partition it names (none of the others): a second read of the same records.
 
     Raises :class:`DeadLetterError` when the topic is missing, and TimeoutError when no
     record arrives for ``timeout`` seconds before the end is reached.  Close the iterator (or
@@ -210,7 +248,7 @@ def read_dead_letters(
     topic = topic_name("dead_letters", kafka.topic_prefix)
     consumer = _consumer(kafka)
     try:
-        bounds = _bounds(consumer, topic, selection, timeout)
+        bounds = _bounds(consumer, topic, selection, timeout, until)
         if not bounds:
             return
         consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in bounds.items()])
@@ -238,7 +276,7 @@ def read_dead_letters(
                     offset=offset,
                     key=msg.key(),
                     value=msg.value(),
-                    headers=_headers(msg),
+                    headers=record_headers(msg),
                     timestamp_ms=ms if kind != TIMESTAMP_NOT_AVAILABLE else None,
                 )
                 if selection.matches(letter):

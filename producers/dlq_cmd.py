@@ -87,14 +87,18 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @dlq_app.command("count")
 def count_command(
-    reason: Reasons = None, stage: Stages = None, since: Since = None, last: Last = None
+    reason: Reasons = None,
+    stage: Stages = None,
+    sensor: Sensors = None,
+    since: Since = None,
+    last: Last = None,
 ) -> None:
     """Dead letters by reason and stage, and the total."""
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
     from producers.deadletters import DeadLetterError, count_dead_letters  # noqa: PLC0415
 
-    selection = _selection(reason, stage, since=since, last=last)
+    selection = _selection(reason, stage, sensor, since, last)
     settings = _settings()
     try:
         rows = count_dead_letters(settings.kafka, selection)
@@ -212,11 +216,13 @@ def replay_command(
 ) -> None:
     """Re-publish the selected dead letters to the raw readings topic, once each.
 
-    Needs a selection.  What was replayed before is left out, unless --force.
+    Needs a selection.  Of several dead letters of the same original record only the newest
+    is re-published.  What was replayed before, and the dead letter of a replayed copy that
+    was rejected again, are left out, unless --force.
 
     Cut payloads and dead letters of stages whose input is not a gateway message are skipped.
 
-    Exit 1 when Kafka did not confirm every copy.
+    Exit 1 when Kafka did not confirm every copy, or an --offset holds no dead letter.
     """
     import psycopg  # noqa: PLC0415
     from confluent_kafka import KafkaException  # noqa: PLC0415
@@ -240,6 +246,7 @@ def replay_command(
     for title, outcomes in (
         ("would re-publish" if dry_run else "re-published", report.replayed),
         ("already replayed (--force to re-publish)", report.already),
+        ("rejected again after a replay (--force to re-publish)", report.again),
         ("skipped", report.skipped),
         ("failed", report.failed),
     ):
@@ -255,7 +262,10 @@ def replay_command(
     verb = "to re-publish" if dry_run else "re-published"
     console.print(
         f"{len(report.replayed)} {verb}, {len(report.already)} already replayed, "
-        f"{len(report.skipped)} skipped, {len(report.failed)} failed"
+        f"{len(report.again)} rejected again, {len(report.skipped)} skipped, "
+        f"{len(report.failed)} failed"
     )
-    if report.failed:
+    for missing in report.missing:
+        console.print(f"[red]dlq:[/red] no dead letter at offset {missing}")
+    if report.failed or report.missing:
         raise typer.Exit(1)

@@ -28,7 +28,7 @@ from producers.deadletters import (
 )
 from producers.kafka import make_producer
 from producers.masterdata import MasterData, import_master_data
-from producers.replay import replay_dead_letters
+from producers.replay import replay_dead_letters, replayed_from
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
     DeadLetterHeaders,
@@ -448,3 +448,162 @@ def test_count_list_show_and_what_replay_refuses(
     assert "stage worker" in by_offset
     refused = CliRunner().invoke(app, ["dlq", "replay"])
     assert refused.exit_code == 2
+
+
+def produce_raw(kafka: KafkaSettings, records: list[DeadLetterRecord], **kwargs: Any) -> list[int]:
+    """Write ``records`` to the dead-letter topic one by one; their offsets, in order."""
+    producer = make_producer(kafka)
+    offsets: list[int] = []
+
+    def report(err: object, msg: Message) -> None:
+        assert err is None, err
+        offsets.append(msg.offset() or 0)
+
+    for record in records:
+        producer.produce(
+            topic_name("dead_letters", kafka.topic_prefix),
+            record.value,
+            key=record.key,
+            headers=record.headers,  # type: ignore[arg-type]
+            on_delivery=report,
+            **kwargs,
+        )
+        assert producer.flush(10) == 0
+    assert len(offsets) == len(records)
+    return offsets
+
+
+def test_a_timestamp_no_datetime_holds_reads_as_none(
+    kafka: KafkaSettings, db: DatabaseSettings, cli_env: None
+) -> None:
+    letter = dead_letter(
+        reason=DeadLetterReason.UNKNOWN_SENSOR,
+        detail="sensor TEMPIOT-D0009 is not registered",
+        stage=Stage.INGEST,
+        payload=b'{"sensor_id": "TEMPIOT-D0009"}',
+        key=b"TEMPIOT-D0009",
+    )
+    # The broker takes any CreateTime a producer sets; this one is 29,720 years BC.
+    (offset,) = produce_raw(kafka, [letter], timestamp=-(10**15))
+    assert get_dead_letter(kafka, offset).timestamp is None
+    assert [(r.reason, r.count) for r in count_dead_letters(kafka)] == [("unknown_sensor", 1)]
+    assert "unknown_sensor" in iotmon("dlq", "count")
+    assert "1 of 1" in iotmon("dlq", "list")
+    # no time: not selected by a time
+    assert list_dead_letters(kafka, Selection(since=datetime(1, 1, 1, tzinfo=UTC))).matched == 0
+
+
+def test_selection_options_times_before_1970_and_offsets_not_found(
+    kafka: KafkaSettings, db: DatabaseSettings, cli_env: None
+) -> None:
+    offsets = produce_letters(kafka)
+
+    # --sensor works on count as on every selecting subcommand
+    counted = iotmon("dlq", "count", "--sensor", "TEMPIOT-D0002")
+    assert "out_of_range" in counted and "internal_error" in counted
+    assert "malformed_json" not in counted
+    assert counted.split("total")[1].replace("│", " ").split()[0] == "2"
+
+    # a time before the epoch reads from the start of the topic
+    assert "6 of 6" in iotmon("dlq", "list", "--since", "0001-01-01T00:00:00Z")
+    assert "6 of 6" in iotmon("dlq", "list", "--since", "1969-12-31")
+    assert "6 of 6" in iotmon("dlq", "list", "--last", "2800w")
+    early = Selection(since=datetime(1, 1, 1, tzinfo=UTC), stages=frozenset({"ingest"}))
+    assert sum(r.count for r in count_dead_letters(kafka, early)) == 4
+
+    # times out of range are usage errors, before any read
+    for option, value in (("--last", "99999999999w"), ("--since", "0001-01-01T00:00+01:00")):
+        result = CliRunner().invoke(app, ["dlq", "count", option, value])
+        assert result.exit_code == 2, result.output
+        assert "year" in result.output
+
+    # an offset that holds no dead letter: said, and exit 1
+    result = CliRunner().invoke(app, ["dlq", "replay", "--offset", "99999"])
+    assert result.exit_code == 1, result.output
+    assert "no dead letter at offset 99999" in result.output
+    assert "0 re-published" in result.output
+    result = CliRunner().invoke(
+        app, ["dlq", "replay", "--offset", str(offsets["batch_item"]), "--offset", "99999"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "1 re-published" in result.output
+    assert "no dead letter at offset 99999" in result.output
+    # one that holds a dead letter the other options leave out is not "not found"
+    result = CliRunner().invoke(
+        app, ["dlq", "replay", "--offset", str(offsets["malformed"]), "--reason", "too_large"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "other options do not match it" in result.output
+    assert "no dead letter" not in result.output
+    assert len(replayed_copies(kafka)) == 1
+
+
+def test_replay_publishes_one_copy_per_record_and_not_one_rejected_again(
+    ingest: Running, kafka: KafkaSettings, db: DatabaseSettings, cli_env: None
+) -> None:
+    # Two readings of sensors nobody registers: the ingest stage rejects them, and every
+    # replayed copy of them again.
+    captured = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    producer = make_producer(kafka)
+    for sensor in ("TEMPIOT-D0011", "TEMPIOT-D0012"):
+        producer.produce(
+            topic_name("readings_raw", kafka.topic_prefix),
+            orjson.dumps(
+                {
+                    "sensor_id": sensor,
+                    "capture_dt": captured.isoformat(),
+                    "temperature": 21.5,
+                    "humidity": 40.0,
+                }
+            ),
+            key=sensor.encode(),
+            headers=[(IngressHeaders.SOURCE, b"mqtt")],
+        )
+    assert producer.flush(10) == 0
+    unknown = Selection(reasons=frozenset({DeadLetterReason.UNKNOWN_SENSOR.value}))
+
+    def letters() -> dict[str, list[int]]:
+        """The offsets of the unknown_sensor dead letters of each sensor."""
+        found: dict[str, list[int]] = {}
+        for letter in list_dead_letters(kafka, unknown, limit=None).letters:
+            found.setdefault(letter.key or "", []).append(letter.offset)
+        return found
+
+    wait_for(lambda: len(letters()) == 2, what="the two unknown_sensor dead letters")
+    (first,), (other,) = letters()["TEMPIOT-D0011"], letters()["TEMPIOT-D0012"]
+    # The same rejection once more, as from an ingest stage that re-read the raw record
+    # after a crash.
+    letter = get_dead_letter(kafka, first)
+    headers = [(name, value.encode()) for name, value in letter.headers.items()]
+    (retried,) = produce_raw(kafka, [DeadLetterRecord(b"TEMPIOT-D0011", letter.payload, headers)])
+
+    report = replay_dead_letters(kafka, db, unknown)
+    assert sorted(o.offset for o in report.replayed) == sorted([retried, other])
+    assert [(o.offset, o.note) for o in report.skipped] == [
+        (first, f"duplicate of offset {retried}")
+    ]
+    assert len(replayed_copies(kafka)) == 2
+
+    # Both copies rejected again: new dead letters that name the ones they came from.
+    wait_for(lambda: sum(map(len, letters().values())) == 5, what="the copies rejected again")
+    again = {sensor: offsets[-1] for sensor, offsets in letters().items()}
+    assert replayed_from(get_dead_letter(kafka, again["TEMPIOT-D0011"])) == (0, retried)
+    assert replayed_from(get_dead_letter(kafka, again["TEMPIOT-D0012"])) == (0, other)
+
+    # A second replay of the same selection re-publishes nothing.
+    output = iotmon("dlq", "replay", "--reason", "unknown_sensor")
+    assert "0 re-published, 0 already replayed, 2 rejected again, 3 skipped" in output
+    assert f"rejected again after replay of offset {retried}" in output
+    assert f"rejected again after replay of offset {other}" in output
+    assert output.count(f"duplicate of offset {again['TEMPIOT-D0011']}") == 2
+    assert len(replayed_copies(kafka)) == 2
+
+    # --force: one copy of each record, that of its newest dead letter
+    report = replay_dead_letters(kafka, db, unknown, force=True)
+    assert sorted(o.offset for o in report.replayed) == sorted(again.values())
+    assert {o.offset for o in report.skipped} == {first, retried, other}
+    assert len(replayed_copies(kafka)) == 4
+    assert replays(db) == sorted(
+        (offset, "unknown_sensor", sensor, 1)
+        for sensor, offset in [*again.items(), ("TEMPIOT-D0011", retried), ("TEMPIOT-D0012", other)]
+    )

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from iotmon.cli import app
 from producers.deadletters import (
     Selection,
     one_line,
     parse_since,
     printable,
+    record_headers,
     render_payload,
     stage_of,
 )
-from producers.replay import plan, refusal, replay_message
+from producers.replay import Originals, plan, refusal, replay_message, replayed_from
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
     DeadLetter,
@@ -30,7 +34,9 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def parsed(offset: int = 7, **kwargs: object) -> DeadLetter:
+def parsed(
+    offset: int = 7, extra: list[tuple[str, bytes]] | None = None, **kwargs: object
+) -> DeadLetter:
     params: dict[str, object] = {
         "reason": DeadLetterReason.UNKNOWN_SENSOR,
         "detail": "sensor S1 is not registered",
@@ -46,8 +52,25 @@ def parsed(offset: int = 7, **kwargs: object) -> DeadLetter:
         offset=offset,
         key=record.key,
         value=record.value,
-        headers=list(record.headers),
+        headers=list(record.headers) + (extra or []),
         timestamp_ms=int(NOW.timestamp() * 1000),
+    )
+
+
+RAW = "iot.readings.raw"
+
+
+def rejection(offset: int, origin_offset: int = 40, **kwargs: object) -> DeadLetter:
+    """A dead letter of the ingest stage for the raw record at ``origin_offset``."""
+    return parsed(
+        offset, origin_topic=RAW, origin_partition=1, origin_offset=origin_offset, **kwargs
+    )
+
+
+def of_copy(offset: int, source: int, copy_offset: int = 90) -> DeadLetter:
+    """A dead letter of the replayed copy of the dead letter at ``source``."""
+    return rejection(
+        offset, copy_offset, extra=[(DeadLetterHeaders.REPLAYED_FROM, f"0:{source}".encode())]
     )
 
 
@@ -63,6 +86,109 @@ def test_parse_since() -> None:
     for since, last in (("2024-05-01", "1h"), (None, "1 hour"), (None, "h"), ("yesterday", None)):
         with pytest.raises(ValueError):
             parse_since(since, last)
+
+
+def test_parse_since_before_the_epoch_and_out_of_range() -> None:
+    assert parse_since("0001-01-01T00:00:00Z", None) == datetime(1, 1, 1, tzinfo=UTC)
+    assert parse_since(None, "2800w", NOW) == NOW - timedelta(weeks=2800)  # 1970 and before
+    tz = parse_since("9999-12-31T22:00:00-01:00", None)
+    assert tz == datetime(9999, 12, 31, 23, tzinfo=UTC)
+    assert tz is not None and tz.utcoffset() == timedelta(0)
+    for since, last in (
+        (None, "99999999999w"),
+        (None, "999999999d"),
+        (None, "9" * 400 + "s"),
+        ("0001-01-01T00:00:00+01:00", None),
+        ("9999-12-31T23:59:59-01:00", None),
+    ):
+        with pytest.raises(ValueError, match="year"):
+            parse_since(since, last, NOW)
+
+
+# Durations only: the command rejects them before it connects to anything.  A --since out
+# of range is checked in the integration tests, where a command that got past the check
+# would read that test's own topics.
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dlq", "count", "--last", "99999999999w"],
+        ["dlq", "list", "--last", "999999999d"],
+        ["dlq", "replay", "--last", "99999999999w", "--dry-run"],
+    ],
+)
+def test_out_of_range_durations_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "year" in result.output
+
+
+def test_parse_never_raises_on_the_record_timestamp() -> None:
+    def at(ms: int) -> datetime | None:
+        letter = DeadLetter.parse(
+            partition=0, offset=0, key=None, value=b"{}", headers=[], timestamp_ms=ms
+        )
+        return letter.timestamp
+
+    # Brokers take any 64-bit CreateTime from a producer.
+    for ms in (-(10**15), 10**15, 2**63 - 1, -(2**63), 10**400):
+        assert at(ms) is None
+    assert at(-1000) == datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert at(int(NOW.timestamp() * 1000)) == NOW
+
+
+def test_parse_never_raises_on_header_values() -> None:
+    letter = DeadLetter.parse(
+        partition=0,
+        offset=3,
+        key=b"\xff",
+        value=None,
+        headers=[
+            (DeadLetterHeaders.REASON, b"\xffbad"),
+            (DeadLetterHeaders.SIZE, b"9" * 5000),  # beyond int()'s digit limit
+            (DeadLetterHeaders.ORIGIN_OFFSET, b"\xff"),
+            (DeadLetterHeaders.INDEX, None),
+        ],
+    )
+    assert letter.size == 0 and not letter.truncated
+    assert letter.origin_offset is None and letter.index is None
+    assert letter.reason == "\ufffdbad"
+
+
+class Unreadable:
+    """A consumed record whose header name is not UTF-8, as confluent-kafka presents it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def headers(self) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise SystemError("<built-in method headers> returned NULL without setting an error")
+        raise AssertionError("headers() read twice")  # the second answer holds a NULL name
+
+
+class Readable:
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers
+
+    def headers(self) -> Any:
+        return self._headers
+
+
+def test_record_headers_read_once_and_none_when_unreadable() -> None:
+    record = Unreadable()
+    assert record_headers(record) == []
+    assert record.calls == 1
+    letter = DeadLetter.parse(
+        partition=0, offset=0, key=None, value=b"{}", headers=record_headers(Unreadable())
+    )
+    assert letter.reason == "unknown" and stage_of(letter) is None
+    assert record_headers(Readable(None)) == []
+    assert record_headers(Readable([("a", b"1"), ("b", "2"), ("c", None)])) == [
+        ("a", b"1"),
+        ("b", b"2"),
+        ("c", None),
+    ]
 
 
 def test_selection() -> None:
@@ -152,11 +278,79 @@ def test_replay_message_keeps_key_payload_and_the_bridge_headers() -> None:
 def test_plan() -> None:
     fresh, done, worker = parsed(1), parsed(2), parsed(3, stage=Stage.WORKER)
     previous = {(0, 2): NOW, (0, 3): NOW}
-    todo, already, skipped = plan([fresh, done, worker], previous)
-    assert [x.offset for x in todo] == [1]
-    assert [(o.offset, o.note) for o in already] == [(2, f"replayed at {NOW.isoformat()}")]
-    assert [o.offset for o in skipped] == [3]
-    todo, already, skipped = plan([fresh, done, worker], previous, force=True)
-    assert [x.offset for x in todo] == [1, 2]
-    assert not already
-    assert [o.offset for o in skipped] == [3]
+    planned = plan([fresh, done, worker], previous)
+    assert [x.offset for x in planned.todo] == [1]
+    assert [(o.offset, o.note) for o in planned.already] == [(2, f"replayed at {NOW.isoformat()}")]
+    assert [o.offset for o in planned.skipped] == [3]
+    planned = plan([fresh, done, worker], previous, force=True)
+    assert [x.offset for x in planned.todo] == [1, 2]
+    assert not planned.already
+    assert [o.offset for o in planned.skipped] == [3]
+
+
+def test_replayed_from() -> None:
+    assert replayed_from(of_copy(9, source=4)) == (0, 4)
+    assert replayed_from(parsed()) is None
+    # not a dead letter written before this one (at offset 7)
+    for raw in (b"4", b"0:", b"a:4", b"0:-4", b"0:4 ", "0:\u0664".encode(), b"0:7", b"1:4"):
+        assert replayed_from(parsed(extra=[(DeadLetterHeaders.REPLAYED_FROM, raw)])) is None
+
+
+def test_plan_publishes_one_copy_of_each_original_record() -> None:
+    first, retried, other_item = rejection(3), rejection(8), rejection(9, index=1)
+    other_record, bridge = rejection(10, origin_offset=41), parsed(11, stage=Stage.BRIDGE)
+    letters = [first, retried, other_item, other_record, bridge]
+    planned = plan(letters, {})
+    assert [x.offset for x in planned.todo] == [8, 9, 10, 11]
+    assert [(o.offset, o.note) for o in planned.skipped] == [(3, "duplicate of offset 8")]
+    # the newest is kept when it was replayed before; --force does not publish the others
+    planned = plan(letters, {(0, 8): NOW})
+    assert [o.offset for o in planned.already] == [8]
+    assert [o.offset for o in planned.skipped] == [3]
+    assert [x.offset for x in plan(letters, {(0, 8): NOW}, force=True).todo] == [8, 9, 10, 11]
+    # a newer one that cannot be replayed does not hide an older one that can
+    cut = rejection(12, payload=b"x" * (MAX_PAYLOAD_BYTES + 1))
+    planned = plan([first, cut], {})
+    assert [x.offset for x in planned.todo] == [3]
+    assert [o.offset for o in planned.skipped] == [12]
+
+
+def test_plan_with_the_originals_of_the_whole_selection() -> None:
+    # The duplicate is in a later chunk of the replay: the earlier chunk still skips it.
+    originals = Originals.of([rejection(3), rejection(600)])
+    planned = plan([rejection(3)], {}, originals=originals)
+    assert not planned.todo
+    assert [(o.offset, o.note) for o in planned.skipped] == [(3, "duplicate of offset 600")]
+    assert [x.offset for x in plan([rejection(600)], {}, originals=originals).todo] == [600]
+    # a dead letter the originals did not see stands for itself
+    assert [x.offset for x in plan([rejection(7)], {}, originals=originals).todo] == [7]
+
+
+def test_plan_leaves_out_a_copy_rejected_again() -> None:
+    again = of_copy(20, source=4)
+    planned = plan([again], {}, replayed={(0, 4)})
+    assert not planned.todo
+    assert [(o.offset, o.note) for o in planned.again] == [
+        (20, "rejected again after replay of offset 4")
+    ]
+    assert [x.offset for x in plan([again], {}, replayed={(0, 4)}, force=True).todo] == [20]
+    # its source not recorded as replayed (the replay died before recording it): published
+    assert [x.offset for x in plan([again], {}, replayed={(0, 5)}).todo] == [20]
+    # replayed itself with --force before: already replayed
+    planned = plan([again], {(0, 20): NOW}, replayed={(0, 4)})
+    assert [o.offset for o in planned.already] == [20]
+
+
+def test_a_copy_rejected_again_holds_the_record_of_its_source() -> None:
+    source, again, again_later = rejection(4), of_copy(20, source=4), of_copy(30, 4, 95)
+    planned = plan([source, again, again_later], {(0, 4): NOW}, replayed={(0, 4)})
+    assert not planned.todo
+    assert [(o.offset, o.note) for o in planned.skipped] == [
+        (4, "duplicate of offset 30"),
+        (20, "duplicate of offset 30"),
+    ]
+    assert [o.offset for o in planned.again] == [30]
+    forced = plan([source, again, again_later], {(0, 4): NOW}, replayed={(0, 4)}, force=True)
+    assert [x.offset for x in forced.todo] == [30]
+    # a copy of a dead letter outside the selection: the same source, the same record
+    assert [x.offset for x in plan([again, again_later], {}).todo] == [30]
