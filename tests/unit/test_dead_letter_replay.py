@@ -60,7 +60,7 @@ def parsed(
 RAW = "iot.readings.raw"
 
 
-def rejection(offset: int, origin_offset: int = 40, **kwargs: object) -> DeadLetter:
+def rejection(offset: int, origin_offset: int = 40, **kwargs: Any) -> DeadLetter:
     """A dead letter of the ingest stage for the raw record at ``origin_offset``."""
     return parsed(
         offset, origin_topic=RAW, origin_partition=1, origin_offset=origin_offset, **kwargs
