@@ -1,7 +1,5 @@
 """Records found to break a stage's boundary, each with the real services.
 
-* a header name that is not UTF-8 (the client's ``headers()`` raised, then returned a
-  broken list that crashed the process when the dead letter was built);
 * a reception time whose offset the readings topic's model writes but cannot read back
   (a whole batch of other sensors' readings was dead-lettered downstream);
 * a dead-letter topic that takes smaller records than the registry's (the dead letter of a
@@ -14,8 +12,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -47,38 +43,6 @@ from tests.integration.test_output_sinks import Sinks, alert_event
 pytestmark = pytest.mark.integration
 
 
-# aiokafka's pure-Python record builder encodes a header name with the name's own
-# ``encode()``: a str whose encoding is not UTF-8 puts such a name on the wire, as any
-# client that writes the protocol itself can.
-_SEND_WITH_RAW_HEADER_NAME = """
-import asyncio, sys
-from aiokafka import AIOKafkaProducer
-
-class RawName(str):
-    def encode(self, *args, **kwargs):
-        return b"\\xff\\xfe-not-utf8"
-
-async def main(servers, topic, key, value):
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value.encode(), key=key.encode(),
-                                     headers=[(RawName("x"), b"v")])
-    finally:
-        await producer.stop()
-
-asyncio.run(main(*sys.argv[1:]))
-"""
-
-
-def _send_with_raw_header_name(kafka: KafkaSettings, topic: str, value: bytes) -> None:
-    env = {**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"}
-    argv = [kafka.bootstrap_servers, topic, SENSORS[0], value.decode()]
-    subprocess.run(
-        [sys.executable, "-c", _SEND_WITH_RAW_HEADER_NAME, *argv], env=env, check=True, timeout=60
-    )
-
-
 @pytest.fixture
 def ingest(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
@@ -87,19 +51,6 @@ def ingest(
     running = Running(settings_for(stack, kafka, db, group_id))
     yield running
     running.close()
-
-
-def test_a_header_name_that_is_not_utf8_does_not_stop_ingest(
-    ingest: Running, kafka: KafkaSettings
-) -> None:
-    raw = topic_name("readings_raw", kafka.topic_prefix)
-    _send_with_raw_header_name(kafka, raw, orjson.dumps(reading(SENSORS[0])))
-    producer = make_producer(kafka)
-    producer.produce(raw, orjson.dumps(reading(SENSORS[1])), key=SENSORS[1].encode())
-    assert producer.flush(10) == 0
-    got = batches(kafka, 2)  # the odd record is a good reading; its headers are unreadable
-    assert sorted(r.sensor_id for _, b in got for r in b.readings) == sorted(SENSORS[:2])
-    assert ingest.thread.is_alive()
 
 
 def test_a_reception_time_with_an_odd_offset_is_written_as_utc(
