@@ -349,7 +349,7 @@ def kafka_round_trip(settings: Settings, count: int = 2000) -> list[float]:
     return out
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="readings per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of publishing")
@@ -370,23 +370,29 @@ def main() -> None:
         help="priority of the publisher below the pipeline and the measuring threads"
         " (0: the same priority, competing for the cores)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    run_id = uuid.uuid4().hex[:8]
-    base = Settings()
+
+def _run_settings(base: Settings, run_id: str) -> Settings:
+    """``base`` with a topic prefix, database schema, MQTT prefix and bridge client id of
+    this run's own."""
     kafka = base.kafka.model_copy(update={"topic_prefix": f"bench.{run_id}."})
     db = base.db.model_copy(update={"db_schema": f"bench_lat_{run_id}"})
     mq = base.mqtt.model_copy(
         update={"topic_prefix": f"bench/{run_id}/", "client_id": f"iotmon-bridge-{run_id}"}
     )
-    settings = base.model_copy(update={"kafka": kafka, "db": db, "mqtt": mq})
-    ensure_topics(kafka)
-    migrate(db)
-    plant = build_plant(args.sensors, seed=11)
-    import_master_data(db, kafka, master_data(plant))
+    return base.model_copy(update={"kafka": kafka, "db": db, "mqtt": mq})
+
+
+def _prepare(settings: Settings, sensors: int) -> tuple[SimSensor, ...]:
+    """Topics, schema, a plant of ``sensors`` and the temperature threshold; the plant."""
+    ensure_topics(settings.kafka)
+    migrate(settings.db)
+    plant = build_plant(sensors, seed=11)
+    import_master_data(settings.db, settings.kafka, master_data(plant))
     import_thresholds(
-        db,
-        kafka,
+        settings.db,
+        settings.kafka,
         [
             {
                 "threshold_type": "temperature",
@@ -398,13 +404,19 @@ def main() -> None:
             }
         ],
     )
-    api_port = 18000 + int(run_id[:3], 16) % 1000
+    return plant
+
+
+def _start_pipeline(
+    settings: Settings, run_id: str, api_port: int
+) -> list[subprocess.Popen[bytes]]:
+    """The sink, worker, ingest, bridge and API processes of this run, logging to files."""
     env = {
         **os.environ,
-        "IOTMON_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
-        "IOTMON_DB__DB_SCHEMA": db.db_schema,
-        "IOTMON_MQTT__TOPIC_PREFIX": mq.topic_prefix,
-        "IOTMON_MQTT__CLIENT_ID": mq.client_id,
+        "IOTMON_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "IOTMON_DB__DB_SCHEMA": settings.db.db_schema,
+        "IOTMON_MQTT__TOPIC_PREFIX": settings.mqtt.topic_prefix,
+        "IOTMON_MQTT__CLIENT_ID": settings.mqtt.client_id,
         "IOTMON_INGEST__GROUP_ID": f"ingest-{run_id}",
         "IOTMON_WORKER__APP_ID": f"worker-{run_id}",
         "IOTMON_WORKER__SILENT_AFTER_S": "3600",
@@ -427,92 +439,76 @@ def main() -> None:
                     stderr=subprocess.STDOUT,
                 )
             )
-    base_url = f"http://127.0.0.1:{api_port}"
-    alerts = AlertWatcher(settings)
-    stages = (
-        {
-            "stage: publish -> on the raw topic (bridge)": StageWatcher(settings, "readings_raw"),
-            "stage: publish -> validated batch produced (+ ingest)": StageWatcher(
-                settings, "readings"
-            ),
-            "stage: publish -> alert event produced (+ worker)": StageWatcher(settings, "alerts"),
-        }
-        if args.stages
-        else {}
-    )
-    watchers: list[StageWatcher] = [alerts, *stages.values()]
-    sample = sample_floors(plant, 10)
-    poller = RealtimePoller(base_url, sample)
-    publisher: PublisherProcess | None = None
-    try:
-        deadline = time.monotonic() + 90
-        while True:  # the API answers and the worker has joined its group
-            try:
-                if httpx.get(base_url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.5)
-        for watcher in watchers:
-            watcher.start()
-            watcher.ready.wait(30)
-        poller.start()
-        # The publisher gets the cores after the pipeline and the measuring threads, so that
-        # it does not stand in the pipeline's way (see PublisherProcess).
-        publisher = PublisherProcess(mq, args.nice)
-        # The sensors take turns in an order of no relation to their floors, as gateways
-        # of their own would.  In the plant's order the sampled floors' readings went out
-        # back to back, and one stall set all of a floor's samples at once: the realtime
-        # p99 was the worst of ~60 such groups, not a percentile of 420 readings.
-        sensor_ids = [s.sensor_id for s in plant]
-        random.Random(7).shuffle(sensor_ids)
-        alerting = set(sensor_ids[: max(1, round(args.alerting * len(sensor_ids)))])
-        # Warm-up: every sensor once, until each is in the realtime view.
-        publisher.each(sensor_ids, COOL)
-        deadline = time.monotonic() + 120
-        while len(
-            httpx.get(base_url + "/api/v1/realtime/", timeout=10).json()["measurements"]
-        ) < len(sensor_ids):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the warm-up readings never reached the realtime view")
-            time.sleep(0.2)
-        # ... and every alerting sensor raises and resolves an alert once, so that what
-        # happens only the first time (the worker's first records for the alerts topic, a
-        # sensor's first alert state) is not counted as the latency of the steady rate.
-        for temperature in (HOT, COOL):
-            publisher.each(sorted(alerting), temperature)
-        while len(alerts.latencies) < 2 * len(alerting):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the warm-up alerts never reached the alerts topic")
-            time.sleep(0.2)
-        # The alert reader and the poller are this process's threads: a full collection
-        # here would pause them and count as pipeline latency.
-        settle_heap()
-        poller.go.set()
-        for watcher in watchers:
-            watcher.latencies.clear()
-        achieved = publisher.steady(args.rate, args.duration, sensor_ids, alerting)
-        time.sleep(5)  # let the tail through
-    finally:
-        poller.stop.set()
-        poller.go.set()
-        for watcher in watchers:
-            watcher.stop.set()
-        if publisher is not None:
-            publisher.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    baseline = kafka_round_trip(settings)
-    delete_prefixed_topics(kafka)
+    return procs
+
+
+def _stop_pipeline(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _wait_for_api(base_url: str, timeout_s: float = 90) -> None:
+    """Until the API answers its health check (so the worker has joined its group)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(base_url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.5)
+
+
+def _warm_up(
+    publisher: PublisherProcess,
+    base_url: str,
+    sensor_ids: list[str],
+    alerting: set[str],
+    alerts: AlertWatcher,
+    timeout_s: float = 120,
+) -> None:
+    """Every sensor once, until each is in the realtime view; then every alerting sensor
+    raises and resolves an alert once.  What happens only the first time (the worker's
+    first records for the alerts topic, a sensor's first alert state) is then not counted
+    as the latency of the steady rate."""
+    publisher.each(sensor_ids, COOL)
+    deadline = time.monotonic() + timeout_s
+    while len(httpx.get(base_url + "/api/v1/realtime/", timeout=10).json()["measurements"]) < len(
+        sensor_ids
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm-up readings never reached the realtime view")
+        time.sleep(0.2)
+    for temperature in (HOT, COOL):
+        publisher.each(sorted(alerting), temperature)
+    while len(alerts.latencies) < 2 * len(alerting):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm-up alerts never reached the alerts topic")
+        time.sleep(0.2)
+
+
+def _drop_run(settings: Settings) -> None:
+    delete_prefixed_topics(settings.kafka)
+    db = settings.db
     with psycopg.connect(db.url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(db.db_schema)))
+
+
+def _result_rows(
+    baseline: list[float],
+    alerts: AlertWatcher,
+    stages: dict[str, StageWatcher],
+    poller: RealtimePoller,
+) -> list[dict[str, Any]]:
+    """The baseline, the stages (if split) and the two end-to-end paths, each against its
+    p99 target."""
     rows: list[dict[str, Any]] = [
         {
             "path": "baseline: Kafka produce -> consume",
@@ -541,9 +537,71 @@ def main() -> None:
     for row in rows:
         target = row["target_p99_ms"]
         row["meets_target"] = "" if target == "" else ("yes" if row["p99_ms"] <= target else "NO")
+    return rows
+
+
+def main() -> None:
+    args = _arguments()
+    run_id = uuid.uuid4().hex[:8]
+    settings = _run_settings(Settings(), run_id)
+    plant = _prepare(settings, args.sensors)
+    api_port = 18000 + int(run_id[:3], 16) % 1000
+    procs = _start_pipeline(settings, run_id, api_port)
+    base_url = f"http://127.0.0.1:{api_port}"
+    alerts = AlertWatcher(settings)
+    stages = (
+        {
+            "stage: publish -> on the raw topic (bridge)": StageWatcher(settings, "readings_raw"),
+            "stage: publish -> validated batch produced (+ ingest)": StageWatcher(
+                settings, "readings"
+            ),
+            "stage: publish -> alert event produced (+ worker)": StageWatcher(settings, "alerts"),
+        }
+        if args.stages
+        else {}
+    )
+    watchers: list[StageWatcher] = [alerts, *stages.values()]
+    sample = sample_floors(plant, 10)
+    poller = RealtimePoller(base_url, sample)
+    publisher: PublisherProcess | None = None
+    try:
+        _wait_for_api(base_url)
+        for watcher in watchers:
+            watcher.start()
+            watcher.ready.wait(30)
+        poller.start()
+        # The publisher gets the cores after the pipeline and the measuring threads, so that
+        # it does not stand in the pipeline's way (see PublisherProcess).
+        publisher = PublisherProcess(settings.mqtt, args.nice)
+        # The sensors take turns in an order of no relation to their floors, as gateways
+        # of their own would.  In the plant's order the sampled floors' readings went out
+        # back to back, and one stall set all of a floor's samples at once: the realtime
+        # p99 was the worst of ~60 such groups, not a percentile of 420 readings.
+        sensor_ids = [s.sensor_id for s in plant]
+        random.Random(7).shuffle(sensor_ids)
+        alerting = set(sensor_ids[: max(1, round(args.alerting * len(sensor_ids)))])
+        _warm_up(publisher, base_url, sensor_ids, alerting, alerts)
+        # The alert reader and the poller are this process's threads: a full collection
+        # here would pause them and count as pipeline latency.
+        settle_heap()
+        poller.go.set()
+        for watcher in watchers:
+            watcher.latencies.clear()
+        achieved = publisher.steady(args.rate, args.duration, sensor_ids, alerting)
+        time.sleep(5)  # let the tail through
+    finally:
+        poller.stop.set()
+        poller.go.set()
+        for watcher in watchers:
+            watcher.stop.set()
+        if publisher is not None:
+            publisher.close()
+        _stop_pipeline(procs)
+    baseline = kafka_round_trip(settings)
+    _drop_run(settings)
     write_results(
         f"latency-{args.rate:g}",
-        rows,
+        _result_rows(baseline, alerts, stages, poller),
         [
             "path",
             "samples",

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 import psycopg
 from confluent_kafka import Consumer
+from confluent_kafka import Message as KafkaMessage
 from psycopg import sql
 
 from bench.common import RESULTS, write_results
@@ -47,6 +48,7 @@ from producers.masterdata import import_master_data
 from producers.simulator import build_plant, master_data
 from producers.thresholds import import_thresholds, load_thresholds_file
 from schemas.common import Metric, Status
+from schemas.readings import Reading
 from schemas.topics import topic_name
 from stream_apps.common.directory import SensorDirectory, ThresholdDirectory
 from stream_apps.ingest.validate import Accepted, Limits, validate_payload
@@ -233,6 +235,97 @@ def run_pipeline(
         run.drop()
 
 
+class PlainLoop:
+    """Baseline (a)'s computation with the pipeline's own functions: validation, local
+    hours, threshold status and hourly count/sum/max per sensor, written with COPY."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.directory = SensorDirectory(kafka)
+        self.directory.load()
+        threshold_view = ThresholdDirectory(kafka)
+        threshold_view.load()
+        self.thresholds = ThresholdIndex(threshold_view.thresholds())
+        self.limits = Limits()
+        # (sensor, hour start) -> loc, ymd, hour, then count/sum/max of each metric
+        self.windows: dict[tuple[str, datetime], list[Any]] = {}
+        self.touched: set[tuple[str, datetime]] = set()  # windows changed since the last write
+        self.flagged = 0  # readings over a threshold
+
+    def rows(self, msgs: list[KafkaMessage]) -> list[tuple[Any, ...]]:
+        """A ``readings`` row per accepted reading of ``msgs``, each counted into its window."""
+        now = datetime.now(UTC)
+        rows = []
+        for msg in msgs:
+            raw_key = msg.key()
+            for result, _ in validate_payload(
+                msg.value(),
+                key_sensor_id=raw_key.decode() if raw_key else None,
+                lookup=self.directory.get,
+                limits=self.limits,
+                now=now,
+                source="kafka",
+                received_at=now,
+            ):
+                if isinstance(result, Accepted):
+                    rows.append(self._count(result.reading))
+        return rows
+
+    def _count(self, r: Reading) -> tuple[Any, ...]:
+        record = self.directory.get(r.sensor_id)
+        location = record.location if record else None
+        tz = location.timezone if location else self.limits.default_timezone
+        hour_start, ymd, hh = local_hour(r.capture_dt, tz)
+        statuses = [
+            self.thresholds.evaluate(metric, getattr(r, metric), location).status
+            for metric in METRICS
+        ]
+        self.flagged += any(st in (Status.WARNING, Status.CRITICAL) for st in statuses)
+        key = (r.sensor_id, hour_start)
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = [r.loc_id, ymd, hh] + [0, Decimal(0), None] * 3
+        self.touched.add(key)
+        for m, metric in enumerate(METRICS):
+            value = getattr(r, metric)
+            if value is None:
+                continue
+            at = 3 + 3 * m
+            w[at] += 1
+            w[at + 1] += value
+            top = w[at + 2]
+            w[at + 2] = value if top is None else max(top, value)
+        return (
+            r.sensor_id,
+            r.capture_dt,
+            r.loc_id,
+            r.temperature,
+            r.humidity,
+            r.pcv_temperature,
+            r.pcv_computed,
+            r.source,
+        )
+
+    def write(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+        """COPY ``rows`` and upsert the windows changed since the last write, in one
+        transaction."""
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(
+                "COPY readings (sensor_id, capture_dt, loc_id, temperature, humidity,"
+                " pcv_temperature, pcv_computed, source) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS agg_in"
+                " (LIKE hourly_aggregates INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy(_AGG_COPY) as copy:
+                for key in self.touched:
+                    copy.write_row((key[0], key[1], *self.windows[key]))
+            cur.execute(_AGG_UPSERT)
+        self.touched.clear()
+
+
 def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
     """Baseline (a): one process, one confluent consumer loop, the same computation."""
     run = Run(base, "baseline (a): plain consumer loop", sensors)
@@ -240,12 +333,7 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
         produce(
             run.kafka, payloads(run.sensor_ids, count, datetime.now(UTC) - timedelta(minutes=1))
         )
-        directory = SensorDirectory(run.kafka)
-        directory.load()
-        threshold_view = ThresholdDirectory(run.kafka)
-        threshold_view.load()
-        thresholds = ThresholdIndex(threshold_view.thresholds())
-        limits = Limits()
+        loop = PlainLoop(run.kafka)
         consumer = Consumer(
             {
                 "bootstrap.servers": run.kafka.bootstrap_servers,
@@ -255,9 +343,7 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
             }
         )
         consumer.subscribe([topic_name("readings_raw", run.kafka.topic_prefix)])
-        windows: dict[tuple[str, datetime], list[Any]] = {}
-        touched: set[tuple[str, datetime]] = set()
-        stored = flagged = 0
+        stored = 0
         started = time.perf_counter()
         first_seen: float | None = None
         with psycopg.connect(run.db.url, autocommit=True) as conn:
@@ -266,74 +352,8 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
                 msgs = consumer.consume(5000, 0.5)
                 if not msgs:
                     continue
-                now = datetime.now(UTC)
-                rows = []
-                for msg in msgs:
-                    raw_key = msg.key()
-                    for result, _ in validate_payload(
-                        msg.value(),
-                        key_sensor_id=raw_key.decode() if raw_key else None,
-                        lookup=directory.get,
-                        limits=limits,
-                        now=now,
-                        source="kafka",
-                        received_at=now,
-                    ):
-                        if not isinstance(result, Accepted):
-                            continue
-                        r = result.reading
-                        record = directory.get(r.sensor_id)
-                        location = record.location if record else None
-                        tz = location.timezone if location else limits.default_timezone
-                        hour_start, ymd, hh = local_hour(r.capture_dt, tz)
-                        statuses = [
-                            thresholds.evaluate(metric, getattr(r, metric), location).status
-                            for metric in METRICS
-                        ]
-                        flagged += any(st in (Status.WARNING, Status.CRITICAL) for st in statuses)
-                        rows.append(
-                            (
-                                r.sensor_id,
-                                r.capture_dt,
-                                r.loc_id,
-                                r.temperature,
-                                r.humidity,
-                                r.pcv_temperature,
-                                r.pcv_computed,
-                                r.source,
-                            )
-                        )
-                        key = (r.sensor_id, hour_start)
-                        w = windows.get(key)
-                        if w is None:
-                            # loc, ymd, hour, then count/sum/max of each metric
-                            w = windows[key] = [r.loc_id, ymd, hh] + [0, Decimal(0), None] * 3
-                        touched.add(key)
-                        for m, metric in enumerate(METRICS):
-                            value = getattr(r, metric)
-                            if value is None:
-                                continue
-                            at = 3 + 3 * m
-                            w[at] += 1
-                            w[at + 1] += value
-                            top = w[at + 2]
-                            w[at + 2] = value if top is None else max(top, value)
-                with conn.transaction(), conn.cursor() as cur:
-                    with cur.copy(
-                        "COPY readings (sensor_id, capture_dt, loc_id, temperature, humidity,"
-                        " pcv_temperature, pcv_computed, source) FROM STDIN"
-                    ) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                    cur.execute(
-                        "CREATE TEMP TABLE IF NOT EXISTS agg_in"
-                        " (LIKE hourly_aggregates INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                    )
-                    with cur.copy(_AGG_COPY) as copy:
-                        for key in touched:
-                            copy.write_row((key[0], key[1], *windows[key]))
-                    cur.execute(_AGG_UPSERT)
-                touched.clear()
+                rows = loop.rows(msgs)
+                loop.write(conn, rows)
                 consumer.commit(asynchronous=False)
                 stored += len(rows)
                 if first_seen is None:
@@ -349,7 +369,7 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
             "aggregated": int(counted),
             "wall_s": round(done - started, 2),
             "sustained_s": round(done - (first_seen or started), 2),
-            "alerts": f"({flagged} readings over a threshold; no alert lifecycle)",
+            "alerts": f"({loop.flagged} readings over a threshold; no alert lifecycle)",
         }
     finally:
         run.drop()

@@ -248,6 +248,81 @@ class SimulationResult:
     interrupted: bool = False
 
 
+class _Run:
+    """The bookkeeping of one :func:`run_simulation`: counts the publisher's outcomes into
+    :attr:`result`, paces the sending by ticks of the clock and reports each tick."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        clock: Callable[[], float],
+        on_published: Callable[[Delivery], None] | None,
+        on_tick: Callable[[SimulationResult], None] | None,
+    ) -> None:
+        self.result = SimulationResult()
+        self._publisher = publisher
+        self._clock = clock
+        self._on_published = on_published
+        self._on_tick = on_tick
+        self._t0 = self._last_tick = clock()
+
+    def settle(self, deliveries: list[Delivery]) -> None:
+        """Count the outcomes; ``on_published`` gets each confirmed message."""
+        result = self.result
+        for d in deliveries:
+            if d.error is not None:
+                result.failed += 1
+                # A broker outage fails thousands at once: show a few, count them all.
+                if result.failed <= 10:
+                    log.warning("message of %s not published: %s", d.message.sensor_id, d.error)
+                continue
+            result.published += 1
+            result.readings += len(d.message.readings)
+            result.malformed += not d.message.valid
+            result.duplicates += d.message.duplicate
+            if self._on_published is not None:
+                self._on_published(d)
+
+    def tick(self) -> None:
+        self._last_tick = self._clock()
+        self.result.elapsed_s = self._last_tick - self._t0
+        self.result.in_flight = self._publisher.in_flight
+        if self._on_tick is not None:
+            self._on_tick(self.result)
+
+    def stops_before(
+        self, message: Message, count: int | None, duration_s: float | None, paced: bool
+    ) -> bool:
+        """Whether the run ends before ``message``: ``count`` messages were sent, or
+        ``duration_s`` passed (paced: or the message is due after it)."""
+        if count is not None and self.result.sent >= count:
+            return True
+        elapsed = self._clock() - self._t0
+        return duration_s is not None and (
+            elapsed >= duration_s or (paced and message.due_s >= duration_s)
+        )
+
+    def start_tick(self, due_s: float, tick_s: float) -> float:
+        """Wait for the start of the tick that holds ``due_s`` (settling the outcomes that
+        arrive meanwhile), report it, and return its end."""
+        tick_start = math.floor(due_s / tick_s) * tick_s
+        while (left := self._t0 + tick_start - self._clock()) > 0:
+            self.settle(self._publisher.drain(min(left, tick_s)))
+        self.tick()
+        return tick_start + tick_s
+
+    def tick_if_due(self, tick_s: float) -> None:
+        """Settle and report, if ``tick_s`` passed since the last report (between the
+        ticks a paced run waits for, and throughout an unpaced one)."""
+        if self._clock() - self._last_tick >= tick_s:
+            self.settle(self._publisher.drain(0))
+            self.tick()
+
+    def wait_for_room(self, max_in_flight: int, tick_s: float) -> None:
+        while self._publisher.in_flight >= max_in_flight:
+            self.settle(self._publisher.drain(tick_s))
+
+
 def run_simulation(
     plan: SimulationPlan,
     publisher: Publisher,
@@ -271,54 +346,18 @@ def run_simulation(
     called (on this thread) for every confirmed message, ``on_tick`` about once per tick.
     Publisher errors propagate after the publisher was closed.
     """
-    result = SimulationResult()
-    t0 = clock()
+    run = _Run(publisher, clock, on_published, on_tick)
+    result = run.result
     tick_end = 0.0
-    last_tick = t0
-
-    def settle(deliveries: list[Delivery]) -> None:
-        for d in deliveries:
-            if d.error is not None:
-                result.failed += 1
-                # A broker outage fails thousands at once: show a few, count them all.
-                if result.failed <= 10:
-                    log.warning("message of %s not published: %s", d.message.sensor_id, d.error)
-                continue
-            result.published += 1
-            result.readings += len(d.message.readings)
-            result.malformed += not d.message.valid
-            result.duplicates += d.message.duplicate
-            if on_published is not None:
-                on_published(d)
-
-    def tick() -> None:
-        nonlocal last_tick
-        last_tick = clock()
-        result.elapsed_s = last_tick - t0
-        result.in_flight = publisher.in_flight
-        if on_tick is not None:
-            on_tick(result)
-
     try:
         for msg in messages(plan):
-            if count is not None and result.sent >= count:
-                break
-            now = clock() - t0
-            if duration_s is not None and (
-                now >= duration_s or (paced and msg.due_s >= duration_s)
-            ):
+            if run.stops_before(msg, count, duration_s, paced):
                 break
             if paced and msg.due_s >= tick_end:
-                tick_start = math.floor(msg.due_s / tick_s) * tick_s
-                while (left := t0 + tick_start - clock()) > 0:
-                    settle(publisher.drain(min(left, tick_s)))
-                tick_end = tick_start + tick_s
-                tick()
-            elif clock() - last_tick >= tick_s:
-                settle(publisher.drain(0))
-                tick()
-            while publisher.in_flight >= max_in_flight:
-                settle(publisher.drain(tick_s))
+                tick_end = run.start_tick(msg.due_s, tick_s)
+            else:
+                run.tick_if_due(tick_s)
+            run.wait_for_room(max_in_flight, tick_s)
             publisher.publish(msg)
             result.sent += 1
             result.sim_time = msg.readings[-1].capture_dt
@@ -326,8 +365,8 @@ def run_simulation(
         result.interrupted = True
         log.info("interrupted: waiting for the messages in flight")
     finally:
-        settle(publisher.close(close_timeout_s))
-    tick()
+        run.settle(publisher.close(close_timeout_s))
+    run.tick()
     return result
 
 

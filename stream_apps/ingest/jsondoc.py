@@ -131,16 +131,33 @@ def _strict(raw: bytes, max_depth: int, max_items: int, orjson_error: str) -> An
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return DocumentError(R.INVALID_UTF8, f"not UTF-8: {exc.reason} at byte {exc.start}")
+    # Before parsing: the standard library's parser recurses once per level.
     if _text_depth(text) > max_depth:
         return _too_deep(max_depth)
+    value = _stdlib_loads(text, orjson_error)
+    if isinstance(value, DocumentError):
+        return value
+    refused = _refused_value(value, max_items)
+    return value if refused is None else refused
+
+
+def _stdlib_loads(text: str, orjson_error: str) -> Any:
+    """The value of ``text``, with integers bounded as orjson bounds them, or the error of
+    a key repeated in an object or of text that is not JSON (``orjson_error`` its detail
+    when there is one)."""
     try:
-        value = json.loads(text, object_pairs_hook=_object, parse_int=_integer)
+        return json.loads(text, object_pairs_hook=_object, parse_int=_integer)
     except _DuplicateKey as exc:
         return DocumentError(
             R.DUPLICATE_KEY, f"the key {preview(exc.key)} appears more than once in one object"
         )
     except ValueError as exc:
         return DocumentError(R.MALFORMED_JSON, f"not valid JSON: {orjson_error or exc}")
+
+
+def _refused_value(value: Any, max_items: int) -> DocumentError | None:
+    """Why a parsed value is refused, if it is: a batch longer than ``max_items``, or a
+    string holding a lone surrogate."""
     if isinstance(value, list) and len(value) > max_items:
         return _too_long(len(value), max_items)
     lone = _lone_surrogate(value)
@@ -150,7 +167,7 @@ def _strict(raw: bytes, max_depth: int, max_items: int, orjson_error: str) -> An
             f"not valid JSON text: a string holds the lone surrogate \\u{ord(lone):04x}, "
             "which is not a Unicode character",
         )
-    return value
+    return None
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

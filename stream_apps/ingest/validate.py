@@ -244,6 +244,60 @@ def _fields(item: dict[str, Any]) -> dict[str, Any]:
     return {_ORIGINAL_KEYS.get(k, k): v for k, v in item.items()}
 
 
+def _named_sensor(item: dict[str, Any], key_sensor_id: str | None) -> str:
+    """The sensor id of the payload, which must agree with the one the transport named
+    (``key_sensor_id``), or that one when the payload has none.  Not checked for form."""
+    payload_sensor = item.get("sensor_id")
+    if payload_sensor is None:
+        if key_sensor_id is None:
+            raise _Invalid(R.MISSING_FIELD, "sensor_id is missing")
+        return key_sensor_id
+    if not isinstance(payload_sensor, str):
+        raise _Invalid(R.WRONG_TYPE, "sensor_id must be a string")
+    if key_sensor_id is not None and payload_sensor != key_sensor_id:
+        raise _Invalid(
+            R.SENSOR_MISMATCH,
+            f"payload sensor_id {preview(payload_sensor)} differs from "
+            f"{preview(key_sensor_id)} named by the topic/key",
+        )
+    return payload_sensor
+
+
+def _measurements(item: dict[str, Any], limits: Limits) -> tuple[Decimal, Decimal, Decimal | None]:
+    """Temperature, humidity and perceived temperature (optional), each within its limits.
+
+    All three are read before any range is checked: a field of the wrong type rejects the
+    item before a value out of range does.
+    """
+    temperature = _number(item, "temperature", required=True)
+    humidity = _number(item, "humidity", required=True)
+    pcv = _number(item, "pcv_temperature", required=False)
+    assert temperature is not None and humidity is not None
+    _in_range("temperature", temperature, limits.temperature)
+    _in_range("humidity", humidity, limits.humidity)
+    if pcv is not None:
+        _in_range("pcv_temperature", pcv, limits.temperature)
+    return temperature, humidity, pcv
+
+
+def _capture_time(value: Any, tz_name: str, limits: Limits, now: datetime) -> datetime:
+    """The UTC instant of a ``capture_dt`` (:func:`_timestamp`), at most
+    ``limits.max_future`` ahead of ``now`` and ``limits.max_age`` behind it."""
+    capture_dt = _timestamp(value, tz_name)
+    if capture_dt > now + limits.max_future:
+        raise _Invalid(
+            R.FUTURE_TIMESTAMP,
+            f"capture_dt {capture_dt.isoformat()} is more than "
+            f"{limits.max_future.total_seconds():.0f}s ahead of {now.isoformat()}",
+        )
+    if capture_dt < now - limits.max_age:
+        raise _Invalid(
+            R.STALE_TIMESTAMP,
+            f"capture_dt {capture_dt.isoformat()} is older than {limits.max_age}",
+        )
+    return capture_dt
+
+
 def validate_item(
     item: Any,
     *,
@@ -265,48 +319,16 @@ def validate_item(
     try:
         if not isinstance(item, dict):
             raise _Invalid(R.NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(item)}")
-        payload_sensor = item.get("sensor_id")
-        if payload_sensor is not None:
-            if not isinstance(payload_sensor, str):
-                raise _Invalid(R.WRONG_TYPE, "sensor_id must be a string")
-            if key_sensor_id is not None and payload_sensor != key_sensor_id:
-                raise _Invalid(
-                    R.SENSOR_MISMATCH,
-                    f"payload sensor_id {preview(payload_sensor)} differs from "
-                    f"{preview(key_sensor_id)} named by the topic/key",
-                )
-            sensor_id = payload_sensor
-        if sensor_id is None:
-            raise _Invalid(R.MISSING_FIELD, "sensor_id is missing")
+        sensor_id = _named_sensor(item, key_sensor_id)
         if not _valid_sensor_id(sensor_id):
             raise _Invalid(R.WRONG_TYPE, f"sensor_id {preview(sensor_id)} is not a valid id")
-
         item = _fields(item)
-        temperature = _number(item, "temperature", required=True)
-        humidity = _number(item, "humidity", required=True)
-        pcv = _number(item, "pcv_temperature", required=False)
-        assert temperature is not None and humidity is not None
-        _in_range("temperature", temperature, limits.temperature)
-        _in_range("humidity", humidity, limits.humidity)
-        if pcv is not None:
-            _in_range("pcv_temperature", pcv, limits.temperature)
-
+        temperature, humidity, pcv = _measurements(item, limits)
         record = lookup(sensor_id)
         if record is None and not limits.auto_register:
             raise _Invalid(R.UNKNOWN_SENSOR, f"sensor {sensor_id!r} is not registered")
         tz_name = record.location.timezone if record else limits.default_timezone
-        capture_dt = _timestamp(item.get("capture_dt"), tz_name)
-        if capture_dt > now + limits.max_future:
-            raise _Invalid(
-                R.FUTURE_TIMESTAMP,
-                f"capture_dt {capture_dt.isoformat()} is more than "
-                f"{limits.max_future.total_seconds():.0f}s ahead of {now.isoformat()}",
-            )
-        if capture_dt < now - limits.max_age:
-            raise _Invalid(
-                R.STALE_TIMESTAMP,
-                f"capture_dt {capture_dt.isoformat()} is older than {limits.max_age}",
-            )
+        capture_dt = _capture_time(item.get("capture_dt"), tz_name, limits, now)
     except _Invalid as exc:
         return Rejection(exc.reason, exc.detail, sensor_id=sensor_id)
 

@@ -34,7 +34,7 @@ from stream_apps.processing.lifecycle import (
     event_id_for,
     step,
 )
-from stream_apps.processing.rules import ThresholdIndex
+from stream_apps.processing.rules import BandSet, ThresholdIndex
 from stream_apps.processing.windows import (
     SEAL_AT,
     ChunkLookup,
@@ -235,6 +235,40 @@ def _replayed(state: SensorState, offset: int, out: Outputs) -> bool:
     return True
 
 
+class _Seals:
+    """The chunks one record seals, kept per sensor for its outputs; and :attr:`lookup`,
+    through which windows read sealed chunks, finding those sealed by this record before
+    the chunk store has them."""
+
+    def __init__(self, stored: ChunkLookup | None, at: int) -> None:
+        self.at = at  # capture instants per chunk
+        self.by_sensor: dict[str, list[SeenChunk]] = {}
+        fresh: dict[tuple[str, datetime, int], frozenset[int]] = {}
+        self._fresh = fresh
+
+        def lookup(sid: str, hour_start: datetime, index: int) -> Collection[int]:
+            found = fresh.get((sid, hour_start, index))
+            if found is not None:
+                return found
+            if stored is None:
+                raise ValueError("a window has sealed chunks but there is no chunk store")
+            return stored(sid, hour_start, index)
+
+        # A function kept in an attribute, not a method: reading a method would make a new
+        # bound method for every reading that is counted.
+        self.lookup: ChunkLookup = lookup
+
+    def seal(self, sid: str, hour_start: datetime, window: HourWindow) -> None:
+        """Seal the window's unsealed instants into a chunk if :attr:`at` of them are there."""
+        due = window.seal(self.at)
+        if due is not None:
+            index, instants = due[0], frozenset(due[1])
+            self._fresh[(sid, hour_start, index)] = instants
+            self.by_sensor.setdefault(sid, []).append(
+                SeenChunk(sensor_id=sid, hour_start=hour_start, index=index, ms=instants)
+            )
+
+
 def apply_batch(
     partition: PartitionState,
     states: dict[str, SensorState],
@@ -243,35 +277,29 @@ def apply_batch(
     record_time: datetime,
     ctx: Context,
 ) -> Outputs:
-    """Apply a batch of readings (record ``offset`` of the partition)."""
+    """Apply a batch of readings (record ``offset`` of the partition).
+
+    Each reading is counted into its sensor's open hour (or listed as late), and steps its
+    sensor's alerts.  A sensor that had this record applied before is left as it is, and
+    the outputs its outbox kept for the record are sent again instead.
+    """
     out = Outputs()
     watermark = partition.watermark  # lateness is judged against the watermark before
-    touched: dict[str, set[datetime]] = {}
+    touched: dict[str, set[datetime]] = {}  # sensors applied to: the open hours counted into
+    skipped: set[str] = set()  # sensors that had this record before: a replay
     new_alerts: dict[str, list[AlertEvent]] = {}
+    seals = _Seals(ctx.seen_chunk, ctx.seal_at)
     newest = out.changed.newest
-    skipped: set[str] = set()
-    sealed: dict[str, list[SeenChunk]] = {}
-    fresh: dict[tuple[str, datetime, int], frozenset[int]] = {}  # sealed by this record
-    stored = ctx.seen_chunk
-
-    def chunk(sid: str, hour_start: datetime, index: int) -> Collection[int]:
-        found = fresh.get((sid, hour_start, index))
-        if found is not None:
-            return found
-        if stored is None:
-            raise ValueError("a window has sealed chunks but there is no chunk store")
-        return stored(sid, hour_start, index)
-
     # Looked up once per call: this loop runs per reading.
     band_sets, location_of, now = ctx.thresholds.band_sets, ctx.location, ctx.now
-    default_zone, grace_end, seal_at = ctx.policy.timezone, ctx.policy.closes_at, ctx.seal_at
+    default_zone, grace_end = ctx.policy.timezone, ctx.policy.closes_at
     for reading in readings:
         sid = reading.sensor_id
         state = states.get(sid)
         if state is None:
             state = states[sid] = SensorState(sensor_id=sid, loc_id=reading.loc_id)
         hours = touched.get(sid)
-        if hours is None:
+        if hours is None:  # the sensor's first reading in this record
             if sid in skipped or _replayed(state, offset, out):
                 skipped.add(sid)
                 continue
@@ -280,60 +308,99 @@ def apply_batch(
         if state.loc_id != reading.loc_id:
             state.loc_id = reading.loc_id
         location = location_of(sid)
-        hour_start, ymd, hh = local_hour(
-            capture, location.timezone if location is not None else default_zone
-        )
-        late = (watermark is not None and grace_end(hour_start) <= watermark) or (
+        hour = local_hour(capture, location.timezone if location is not None else default_zone)
+        hour_start = hour[0]
+        # Late: the hour closed by the watermark, or the sensor's hours through it were
+        # finalized for good (their windows are gone).
+        if (watermark is not None and grace_end(hour_start) <= watermark) or (
             state.closed_through is not None and hour_start <= state.closed_through
-        )
-        if late:
+        ):
             out.late.append(reading)
-        else:
-            window = state.windows.get(hour_start)
-            if window is None:
-                window = state.windows[hour_start] = HourWindow(
-                    hour_start=hour_start, ymd=ymd, hour=hh
-                )
-            if window.add(reading, chunk):
-                hours.add(hour_start)
-                due = window.seal(seal_at) if len(window.seen_ms) >= seal_at else None
-                if due is not None:
-                    index, instants = due[0], frozenset(due[1])
-                    fresh[(sid, hour_start, index)] = instants
-                    sealed.setdefault(sid, []).append(
-                        SeenChunk(sensor_id=sid, hour_start=hour_start, index=index, ms=instants)
-                    )
-
-        statuses: dict[str, Status | None] = {}
-        alert_states = state.alerts
-        for metric, bands in zip(METRICS, band_sets(location), strict=True):
-            value = getattr(reading, metric)
-            evaluation = bands.evaluate(value)
-            statuses[metric] = evaluation.status
-            alert_state = alert_states.get(metric)
-            if alert_state is None:
-                alert_state = alert_states[metric] = MetricAlertState()
-            events = step(
-                alert_state,
-                Subject(sid, reading.loc_id, metric),
-                evaluation,
-                value,
-                capture,
-                now,
-            )
-            if events:
-                new_alerts.setdefault(sid, []).extend(events)
-        if state.silent_alert_id is not None:
-            new_alerts.setdefault(sid, []).append(
-                _silent_event(state, AlertTransition.RESOLVED, capture, now)
-            )
-            state.silent_alert_id = None
+        elif _count(state, reading, hour, seals):
+            hours.add(hour_start)
+        statuses = _step_alerts(state, reading, band_sets(location), now, new_alerts)
         if state.last_capture is None or capture >= state.last_capture:
             state.last_capture = capture
             newest[sid] = (reading, statuses)
         if state.last_seen is None or state.last_seen < record_time:
             state.last_seen = record_time
+    _record_touched(partition, states, touched, new_alerts, seals.by_sensor, offset, ctx, out)
+    _advance_clocks(partition, readings, record_time)
+    return out
 
+
+def _count(
+    state: SensorState, reading: Reading, hour: tuple[datetime, str, str], seals: _Seals
+) -> bool:
+    """Count ``reading`` into the window of its ``hour`` (as :func:`local_hour` gives it),
+    opened if need be, and seal the window's instants once enough are unsealed.  False if
+    the window counted that reading before."""
+    hour_start = hour[0]
+    window = state.windows.get(hour_start)
+    if window is None:
+        window = state.windows[hour_start] = HourWindow(
+            hour_start=hour_start, ymd=hour[1], hour=hour[2]
+        )
+    if not window.add(reading, seals.lookup):
+        return False
+    if len(window.seen_ms) >= seals.at:
+        seals.seal(reading.sensor_id, hour_start, window)
+    return True
+
+
+def _step_alerts(
+    state: SensorState,
+    reading: Reading,
+    bands: tuple[BandSet, ...],
+    now: datetime,
+    new_alerts: dict[str, list[AlertEvent]],
+) -> dict[str, Status | None]:
+    """The status of each metric of the reading by ``bands`` (in ``METRICS`` order).
+
+    Steps each metric's alert with the reading and resolves the sensor's silent alert, if
+    one is raised; the events they cause are appended to ``new_alerts[sensor_id]``.
+    """
+    sid, capture = reading.sensor_id, reading.capture_dt
+    statuses: dict[str, Status | None] = {}
+    alert_states = state.alerts
+    for metric, metric_bands in zip(METRICS, bands, strict=True):
+        value = getattr(reading, metric)
+        evaluation = metric_bands.evaluate(value)
+        statuses[metric] = evaluation.status
+        alert_state = alert_states.get(metric)
+        if alert_state is None:
+            alert_state = alert_states[metric] = MetricAlertState()
+        events = step(
+            alert_state,
+            Subject(sid, reading.loc_id, metric),
+            evaluation,
+            value,
+            capture,
+            now,
+        )
+        if events:
+            new_alerts.setdefault(sid, []).extend(events)
+    if state.silent_alert_id is not None:
+        new_alerts.setdefault(sid, []).append(
+            _silent_event(state, AlertTransition.RESOLVED, capture, now)
+        )
+        state.silent_alert_id = None
+    return statuses
+
+
+def _record_touched(
+    partition: PartitionState,
+    states: dict[str, SensorState],
+    touched: Mapping[str, Collection[datetime]],
+    new_alerts: Mapping[str, list[AlertEvent]],
+    sealed: Mapping[str, list[SeenChunk]],
+    offset: int,
+    ctx: Context,
+    out: Outputs,
+) -> None:
+    """Close the record for every sensor it applied to (``touched``, with the open hours it
+    counted into): the sensor has record ``offset``, its hours changed, and its new alert
+    events and sealed chunks go out and into its outbox."""
     for sid, hours in touched.items():
         state = states[sid]
         state.last_offset = offset
@@ -345,11 +412,17 @@ def apply_batch(
         chunks = sealed.get(sid, [])
         out.chunks.extend(chunks)
         _record(state, offset, ctx, [], events, chunks)
+
+
+def _advance_clocks(
+    partition: PartitionState, readings: list[Reading], record_time: datetime
+) -> None:
+    """Move the partition's watermark to the newest capture time of ``readings`` and its
+    data clock to ``record_time``; neither ever goes back."""
     if readings:
         newest_capture = max(r.capture_dt for r in readings)
         partition.watermark = max(partition.watermark or newest_capture, newest_capture)
         partition.last_data_at = max(partition.last_data_at or record_time, record_time)
-    return out
 
 
 def _silent_event(
@@ -410,40 +483,13 @@ def apply_tick(
         state = states.get(sid)
         if state is None or _replayed(state, offset, out):
             continue
-        finals = []
-        if watermark is not None:
-            for hour_start in sorted(state.windows):
-                closes = ctx.policy.closes_at(hour_start)
-                if closes > watermark:
-                    continue
-                window = state.windows[hour_start]
-                if data_watermark is not None and closes <= data_watermark:
-                    del state.windows[hour_start]  # closed by the data: for good
-                    if window.chunks:
-                        state.retired.append((hour_start, len(window.chunks), tick_at))
-                    state.closed_through = max(state.closed_through or hour_start, hour_start)
-                elif window.final_sent:
-                    continue  # closed by the idle clock before, nothing new since
-                window.final_sent = True
-                finals.append(window.aggregate(sid, state.loc_id, final=True, now=ctx.now))
-                out.finalized.append((sid, hour_start))
-        alerts = []
-        if (
-            state.silent_alert_id is None
-            and state.last_seen is not None
-            and tick_at - state.last_seen >= ctx.silent_after
-        ):
-            since = state.last_capture or state.last_seen
-            state.silent_alert_id = uuid.uuid5(NAMESPACE, f"silent|{sid}|{since.isoformat()}")
-            alerts.append(_silent_event(state, AlertTransition.RAISED, since, ctx.now))
-        dropped = [
-            SeenChunk(sensor_id=sid, hour_start=hour_start, index=index)
-            for hour_start, count, closed in state.retired
-            if tick_at - closed >= ctx.outbox_keep
-            for index in range(count)
-        ]
-        if dropped:
-            state.retired = [r for r in state.retired if tick_at - r[2] < ctx.outbox_keep]
+        finals = (
+            _close_hours(sid, state, watermark, data_watermark, tick_at, ctx, out)
+            if watermark is not None
+            else []
+        )
+        alerts = _raise_silent(sid, state, tick_at, ctx)
+        dropped = _expired_chunks(sid, state, tick_at, ctx.outbox_keep)
         pruned = [
             e
             for e in state.outbox
@@ -458,3 +504,72 @@ def apply_tick(
             out.alerts.extend(alerts)
             out.chunks.extend(dropped)
     return out
+
+
+def _close_hours(
+    sid: str,
+    state: SensorState,
+    watermark: datetime,
+    data_watermark: datetime | None,
+    tick_at: datetime,
+    ctx: Context,
+    out: Outputs,
+) -> list[HourlyAggregate]:
+    """The finals of the sensor's hours that ``watermark`` closes, oldest first, each
+    listed in ``out.finalized``.
+
+    An hour the data's own watermark closes is closed for good: its window goes, its sealed
+    chunks are retired (deleted ``outbox_keep`` after ``tick_at``) and later readings of it
+    are late.  An hour only the idle clock closes keeps its window, and gets a final again
+    only once it counted more readings.
+    """
+    finals: list[HourlyAggregate] = []
+    for hour_start in sorted(state.windows):
+        closes = ctx.policy.closes_at(hour_start)
+        if closes > watermark:
+            continue
+        window = state.windows[hour_start]
+        if data_watermark is not None and closes <= data_watermark:
+            del state.windows[hour_start]  # closed by the data: for good
+            if window.chunks:
+                state.retired.append((hour_start, len(window.chunks), tick_at))
+            state.closed_through = max(state.closed_through or hour_start, hour_start)
+        elif window.final_sent:
+            continue  # closed by the idle clock before, nothing new since
+        window.final_sent = True
+        finals.append(window.aggregate(sid, state.loc_id, final=True, now=ctx.now))
+        out.finalized.append((sid, hour_start))
+    return finals
+
+
+def _raise_silent(
+    sid: str, state: SensorState, tick_at: datetime, ctx: Context
+) -> list[AlertEvent]:
+    """The sensor-silent alert raised now, if the sensor (seen before) has sent nothing for
+    ``silent_after`` by record time and has none raised; the sensor's next reading resolves
+    it (:func:`apply_batch`)."""
+    if (
+        state.silent_alert_id is None
+        and state.last_seen is not None
+        and tick_at - state.last_seen >= ctx.silent_after
+    ):
+        since = state.last_capture or state.last_seen
+        state.silent_alert_id = uuid.uuid5(NAMESPACE, f"silent|{sid}|{since.isoformat()}")
+        return [_silent_event(state, AlertTransition.RAISED, since, ctx.now)]
+    return []
+
+
+def _expired_chunks(
+    sid: str, state: SensorState, tick_at: datetime, keep: timedelta
+) -> list[SeenChunk]:
+    """The deletions of every sealed chunk of the hours retired ``keep`` or longer before
+    ``tick_at``; those hours are forgotten."""
+    dropped = [
+        SeenChunk(sensor_id=sid, hour_start=hour_start, index=index)
+        for hour_start, count, closed in state.retired
+        if tick_at - closed >= keep
+        for index in range(count)
+    ]
+    if dropped:
+        state.retired = [r for r in state.retired if tick_at - r[2] < keep]
+    return dropped

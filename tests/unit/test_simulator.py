@@ -253,29 +253,48 @@ def _problem(payload: bytes) -> str | None:
     except ValueError:
         return "malformed json"
     for item in doc if isinstance(doc, list) else [doc]:
-        if not isinstance(item, dict):
-            return "not an object"
-        t_name, h_name = ("t1", "t2") if "t1" in item else ("temperature", "humidity")
-        if any(name not in item for name in ("sensor_id", "capture_dt", t_name, h_name)):
-            return "missing field"
-        if not isinstance(item["capture_dt"], str):
-            return "wrong type"
-        try:
-            datetime.fromisoformat(item["capture_dt"])
-        except ValueError:
-            return "wrong type"
-        for name, low, high in ((t_name, -40, 80), (h_name, 0, 100)):
-            value = item[name]
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                return "wrong type"
-            try:
-                number = Decimal(str(value))
-            except InvalidOperation:
-                return "wrong type"
-            if not number.is_finite():
-                return "not finite"
-            if not low <= number <= high:
-                return "out of range"
+        problem = _item_problem(item)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _item_problem(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return "not an object"
+    t_name, h_name = ("t1", "t2") if "t1" in item else ("temperature", "humidity")
+    if any(name not in item for name in ("sensor_id", "capture_dt", t_name, h_name)):
+        return "missing field"
+    if not _is_iso_time(item["capture_dt"]):
+        return "wrong type"
+    for name, low, high in ((t_name, -40, 80), (h_name, 0, 100)):
+        problem = _number_problem(item[name], low, high)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _is_iso_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _number_problem(value: object, low: int, high: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return "wrong type"
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return "wrong type"
+    if not number.is_finite():
+        return "not finite"
+    if not low <= number <= high:
+        return "out of range"
     return None
 
 

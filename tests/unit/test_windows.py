@@ -10,6 +10,8 @@ import pytest
 from stream_apps.processing.windows import SEAL_AT, HourWindow, local_hour
 from tests.ground_truth import one_reading
 
+pytestmark = pytest.mark.unit
+
 
 def reference(capture: datetime, zone: str) -> tuple[datetime, str, str]:
     start = capture.astimezone(ZoneInfo(zone)).replace(minute=0, second=0, microsecond=0)
