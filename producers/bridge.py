@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from iotmon.settings import BridgeSettings, MqttSettings
-from producers.kafka import produce
+from producers.kafka import RECORD_REFUSED, TOO_LARGE, error_code, produce
 from producers.topics import TopicPattern, compile_pattern, match_topic
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
@@ -54,16 +54,6 @@ class BridgeFailed(RuntimeError):
 
 class BridgeConfigError(ValueError):
     """The bridge's settings cannot give the delivery it promises."""
-
-
-# Kafka errors that say a record can never be taken, whatever the retries.
-_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
-_REFUSED_FOR_GOOD = _TOO_LARGE | {KafkaError.INVALID_RECORD}
-
-
-def _too_large(exc: KafkaException) -> bool:
-    error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and error.code() in _TOO_LARGE
 
 
 # What a record costs beyond its key, value and headers (record and batch framing).
@@ -199,7 +189,7 @@ class Bridge:
         try:
             self._forward(msg, payload)
         except KafkaException as exc:
-            too_large = _too_large(exc)
+            too_large = error_code(exc) in TOO_LARGE
             reason = DeadLetterReason.TOO_LARGE if too_large else DeadLetterReason.INTERNAL_ERROR
             self._dead_letter(msg, payload, reason, f"Kafka refused the message: {exc}", exc)
         except Exception as exc:  # the boundary: this message, not the bridge
@@ -279,7 +269,7 @@ class Bridge:
                 return
             except KafkaException as exc:
                 # This producer takes less than the topic: keep fewer of the first bytes.
-                if limit == SMALL_PAYLOAD_BYTES or not _too_large(exc):
+                if limit == SMALL_PAYLOAD_BYTES or error_code(exc) not in TOO_LARGE:
                     raise
 
     def _produce(
@@ -296,7 +286,7 @@ class Bridge:
         mid, qos = msg.mid, msg.qos
 
         def delivered(err: KafkaError | None, _message: Message) -> None:
-            if err is not None and original is not None and err.code() in _REFUSED_FOR_GOOD:
+            if err is not None and original is not None and err.code() in RECORD_REFUSED:
                 # Refused because of what it is, not because Kafka is away: dead-letter it.
                 with self._lock:
                     self._pending -= 1

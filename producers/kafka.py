@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from pydantic import BaseModel
 
@@ -15,6 +15,26 @@ from schemas.deadletters import MAX_PAYLOAD_BYTES, SMALL_PAYLOAD_BYTES
 from schemas.topics import TopicId, topic_name
 
 HEADER_ROOM = 64 * 1024  # a dead letter's headers and framing, at most
+
+
+# Kafka errors that say a record can never be taken, whatever the retries: too large ...
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+# ... or refused for what it is.
+RECORD_REFUSED = TOO_LARGE | {
+    KafkaError.INVALID_RECORD,
+    KafkaError._INVALID_ARG,
+}
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The KafkaError code a KafkaException carries (None for anything else)."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+def refused_record(exc: BaseException) -> bool:
+    """True for a Kafka refusal of the record itself (too large, invalid)."""
+    return error_code(exc) in RECORD_REFUSED
 
 
 def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:

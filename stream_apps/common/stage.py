@@ -36,7 +36,7 @@ from typing import Generic, TypeVar
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from producers.kafka import produce
+from producers.kafka import produce, refused_record
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
     SMALL_PAYLOAD_BYTES,
@@ -49,7 +49,6 @@ from schemas.deadletters import (
 from schemas.readings import IngressHeaders
 from stream_apps.common.offsets import PendingOffsets
 from stream_apps.common.polling import poll_batch
-from stream_apps.common.unavailable import kafka_refused_record
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class StageRunner(Generic[T]):
                 )
                 return
             except KafkaException as exc:
-                if limit == limits[-1] or not kafka_refused_record(exc):
+                if limit == limits[-1] or not refused_record(exc):
                     raise
 
     def poison(self, msg: Message, exc: BaseException) -> None:

@@ -12,7 +12,9 @@ exceeds maximum" (SQLSTATE 54000), so PostgreSQL errors are told apart by SQLSTA
 from __future__ import annotations
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
+
+from producers.kafka import refused_record
 
 # SQLSTATE classes of a server, connection or deployment problem.
 _UNAVAILABLE_CLASSES = frozenset(
@@ -36,15 +38,6 @@ _UNAVAILABLE_STATES = frozenset(
         "55P03",  # lock not available
     }
 )
-# Kafka errors that say a record can never be taken, whatever the retries.
-RECORD_REFUSED = frozenset(
-    {
-        KafkaError.MSG_SIZE_TOO_LARGE,
-        KafkaError.RECORD_LIST_TOO_LARGE,
-        KafkaError.INVALID_RECORD,
-        KafkaError._INVALID_ARG,
-    }
-)
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -60,14 +53,6 @@ def database_unavailable(exc: BaseException) -> bool:
     return state in _UNAVAILABLE_STATES or state[:2] in _UNAVAILABLE_CLASSES
 
 
-def kafka_refused_record(exc: BaseException) -> bool:
-    """True for a Kafka refusal of the record itself (too large, invalid)."""
-    if not isinstance(exc, KafkaException):
-        return False
-    error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and error.code() in RECORD_REFUSED
-
-
 def kafka_unavailable(exc: BaseException) -> bool:
     """True for a Kafka failure that is not the record's fault."""
-    return isinstance(exc, KafkaException) and not kafka_refused_record(exc)
+    return isinstance(exc, KafkaException) and not refused_record(exc)
