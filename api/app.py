@@ -28,6 +28,7 @@ from api.routers import (
     subscriptions,
     thresholds,
 )
+from iotmon.kafka_records import install_lenient_header_names
 from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
     """The app for these settings; the database pool opens in the lifespan.  ``settle``:
     this process serves only the app, so settle its heap once it has started
     (:func:`iotmon.runtime.settle_heap`)."""
+    install_lenient_header_names()  # its topic readers are aiokafka consumers
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(

@@ -24,16 +24,18 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     TopicPartition,
 )
 
+from iotmon.kafka_records import read_headers
 from iotmon.settings import KafkaSettings
 from schemas.deadletters import DeadLetter, Stage
 from schemas.topics import topic_name
@@ -207,26 +209,14 @@ def _bounds(
     return bounds
 
 
-class _Record(Protocol):
-    def headers(self) -> Any: ...
-
-
-def record_headers(msg: _Record) -> list[tuple[str, bytes | None]]:
-    """The headers of a consumed record; none when the client cannot read them.
-
-    Calls ``msg.headers()`` exactly once: for a header name that is not UTF-8,
-    confluent-kafka raises on the first call and returns a list holding a NULL name on the
-    next, which crashes the interpreter when used.  Such a record then reads as a dead
-    letter of reason ``unknown``, which ``show`` still displays.
-    """
-    try:
-        headers = msg.headers()
-    except Exception as exc:  # noqa: BLE001 - SystemError from the client, for one record
-        log.warning("a dead letter's headers cannot be read (%s); read without them", exc)
+def record_headers(msg: Message) -> list[tuple[str, bytes | None]]:
+    """The headers of a consumed record; none when a name is not UTF-8 (such a record then
+    reads as a dead letter of reason ``unknown``, which ``show`` still displays)."""
+    headers = read_headers(msg)
+    if headers is None:
+        log.warning("a dead letter's headers cannot be read (a name is not UTF-8)")
         return []
-    if not isinstance(headers, list):  # None: a record without headers
-        return []
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in headers]
+    return headers
 
 
 def read_dead_letters(

@@ -35,6 +35,7 @@ SMALL_PAYLOAD_BYTES = 64 * 1024
 class DeadLetterReason(StrEnum):
     """Machine-readable reasons an input was rejected; also the label of the rejection counter."""
 
+    MALFORMED_HEADERS = "malformed_headers"
     EMPTY_PAYLOAD = "empty_payload"
     TOO_LARGE = "too_large"
     INVALID_UTF8 = "invalid_utf8"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message
 
+from iotmon.kafka_records import read_headers
 from iotmon.settings import KafkaSettings
 
 
@@ -41,10 +42,7 @@ def read_topic(
 
 
 def headers_of(msg: Message) -> dict[str, bytes]:
-    headers = msg.headers()
-    if not isinstance(headers, list):
-        return {}
-    return {k: v for k, v in headers if isinstance(v, bytes)}
+    return {k: v for k, v in read_headers(msg) or () if v is not None}
 
 
 def value_of(msg: Message) -> bytes:

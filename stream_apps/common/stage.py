@@ -36,6 +36,7 @@ from typing import Generic, TypeVar
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from iotmon.kafka_records import Headers, read_headers
 from producers.kafka import produce, refused_record
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
@@ -61,21 +62,6 @@ PASSTHROUGH = (
     IngressHeaders.GATEWAY,
     IngressHeaders.SOURCE,
 )
-
-
-def headers_of(msg: Message) -> list[tuple[str, bytes]]:
-    """A record's headers that have a value; none when they cannot be read.
-
-    Call it once per record: a header *name* that is not UTF-8 makes confluent-kafka's
-    ``headers()`` raise the first time and return a broken list (a NULL name) after.
-    """
-    try:
-        headers = msg.headers()
-    except Exception:  # noqa: BLE001 - SystemError from the client: unreadable headers
-        return []
-    if not isinstance(headers, list):
-        return []
-    return [(k, v) for k, v in headers if isinstance(k, str) and isinstance(v, bytes)]
 
 
 class StageMetrics:
@@ -142,7 +128,7 @@ class StageRunner(Generic[T]):
     ) -> None:
         self.consumer = consumer
         self.dead_letter_max_payload = dead_letter_max_payload
-        self._headers: dict[int, list[tuple[str, bytes]]] = {}  # of this poll's records
+        self._headers: dict[int, Headers | None] = {}  # of this poll's records
         self.producer = producer
         self.dead_letter_topic = dead_letter_topic
         self.stage_metrics = metrics
@@ -187,12 +173,17 @@ class StageRunner(Generic[T]):
             on_delivery=self._on_delivery,
         )
 
+    def read_headers(self, msg: Message) -> Headers | None:
+        """``msg``'s headers, None when a header name is not UTF-8 (read once per poll,
+        see :mod:`iotmon.kafka_records`)."""
+        key = id(msg)
+        if key not in self._headers:
+            self._headers[key] = read_headers(msg)
+        return self._headers[key]
+
     def headers(self, msg: Message) -> list[tuple[str, bytes]]:
-        """``msg``'s headers, read once per poll (see :func:`headers_of`)."""
-        found = self._headers.get(id(msg))
-        if found is None:
-            found = self._headers[id(msg)] = headers_of(msg)
-        return found
+        """``msg``'s headers that have a value; none when they cannot be read."""
+        return [(k, v) for k, v in self.read_headers(msg) or () if v is not None]
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` means a service is unavailable rather than a record is bad."""

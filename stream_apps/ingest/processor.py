@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
     DeadLetterHeaders,
+    DeadLetterReason,
     Stage,
     dead_letter,
     header,
@@ -155,6 +156,11 @@ class IngestProcessor(StageRunner[Validated]):
     def prepare(self, msg: Message) -> Validated:
         """Every item of the record, accepted or rejected with a reason (pure)."""
         self.metrics.records.inc()
+        if self.read_headers(msg) is None:
+            unreadable = Rejection(
+                DeadLetterReason.MALFORMED_HEADERS, "a header name is not valid UTF-8"
+            )
+            return [(unreadable, msg.value())]
         headers = self.headers(msg)
         source: Source = "mqtt" if header(headers, IngressHeaders.SOURCE) == b"mqtt" else "kafka"
         received_at = self._received_at(msg, header(headers, IngressHeaders.RECEIVED_AT))

@@ -23,6 +23,7 @@ import faust
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
+from iotmon.kafka_records import install_lenient_header_names
 from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 from schemas.readings import ReadingBatch
@@ -50,6 +51,7 @@ class Worker:
     def __init__(
         self, settings: Settings, registry: CollectorRegistry | None = None, *, settle: bool = False
     ) -> None:
+        install_lenient_header_names()  # aiokafka: one odd header name must not stop a fetch
         self.settings = settings
         w, kafka = settings.worker, settings.kafka
         self.partitions = kafka.default_partitions
