@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 IOTMON := $(BIN)/iotmon
 
-.PHONY: install system-deps up down status test test-unit check demo clean bench-tools bench bench-api bench-throughput
+.PHONY: install system-deps timescaledb up down status test test-plain test-unit check demo clean bench-tools bench bench-api bench-throughput
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# TimescaleDB is the storage the tests run on.  TIMESCALEDB=optional goes on with plain
+# PostgreSQL where no TimescaleDB can be installed (see docs/timescaledb.md).
+TIMESCALEDB ?= required
+timescaledb: $(BIN)/.installed
+	$(IOTMON) stack timescaledb $(if $(filter required,$(TIMESCALEDB)),--require,)
+
 system-deps:
 	bash infra/scripts/install-system-deps.sh
 
-install: system-deps $(BIN)/.installed
+install: system-deps $(BIN)/.installed timescaledb
 
 up: install
 	$(IOTMON) stack up
@@ -32,8 +38,21 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
+# The whole suite on TimescaleDB, then the storage tests again on plain PostgreSQL (a
+# database of the same server in which TimescaleDB is never enabled), so neither path rots.
+STORAGE_TESTS := tests/integration/test_migrations.py tests/integration/test_timescaledb.py \
+	tests/integration/test_readings_sink.py tests/integration/test_output_sinks.py \
+	tests/integration/test_sink_poison.py tests/integration/test_masterdata.py \
+	tests/integration/test_api_aggregation.py tests/integration/test_api_alerts.py \
+	tests/integration/test_api_location.py tests/integration/test_api_realtime.py \
+	tests/integration/test_api_thresholds.py
 test: up
-	$(BIN)/python -m pytest
+	IOTMON_TEST_TIMESCALEDB=$(TIMESCALEDB) $(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-plain
+
+test-plain: up
+	IOTMON_DB__URL=postgresql://iotmon@127.0.0.1:5433/iotmon_plain IOTMON_DB__TIMESCALEDB=off \
+		$(BIN)/python -m pytest $(STORAGE_TESTS)
 
 test-unit: install
 	$(BIN)/python -m pytest -m unit

@@ -78,6 +78,29 @@ def stack_up(
     _print_status(settings)
 
 
+@stack_app.command("timescaledb")
+def stack_timescaledb(
+    require: bool = typer.Option(
+        False, help="Fail when TimescaleDB cannot be installed (CI), instead of going on."
+    ),
+) -> None:
+    """Build TimescaleDB from its source release and install it into the stack's PostgreSQL,
+    unless the server has it already (the build is cached per version and PostgreSQL major)."""
+    from iotmon.stack import StackError  # noqa: PLC0415
+    from iotmon.stack.postgres import find_bin_dir  # noqa: PLC0415
+    from iotmon.stack.timescaledb import Server, ensure, find_tarball  # noqa: PLC0415
+
+    s = _settings().stack
+    try:
+        server = Server.of(find_bin_dir(s.postgres_bin_dir))
+        console.print(
+            ensure(server, find_tarball(s.timescaledb_tarball), s.cache_dir, require=require)
+        )
+    except StackError as exc:
+        console.print(f"[red]TimescaleDB:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started, and nothing else."""

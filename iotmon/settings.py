@@ -45,6 +45,8 @@ class DatabaseSettings(BaseModel):
     url: str = "postgresql://iotmon@127.0.0.1:5433/iotmon"
     # All tables live in this schema; migrations and queries set search_path to it.
     db_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # auto: use TimescaleDB whenever the server has it; off: plain tables even then.
+    timescaledb: Literal["auto", "off"] = "auto"
     # TimescaleDB-only policies (skipped on plain PostgreSQL).
     raw_chunk_interval: str = "1 day"
     raw_compress_after: str = "7 days"
@@ -177,6 +179,9 @@ class StackSettings(BaseModel):
     kafka_heap: str = "768m"
     postgres_port: int = 5433
     postgres_bin_dir: Path | None = None  # found with pg_config / /usr/lib/postgresql
+    # TimescaleDB source release to build when the server has no installed extension; None:
+    # the newest shared/vendor/timescaledb-*.tar.gz next to the repository.
+    timescaledb_tarball: Path | None = None
     # False when DATABASE_URL names a server that someone else runs.
     manage_postgres: bool = True
     mosquitto_port: int = 11883

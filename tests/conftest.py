@@ -33,6 +33,35 @@ def _reachable(address: str) -> bool:
         return False
 
 
+def pytest_report_header() -> str:
+    """The storage the tests run on, at the top of every run's log."""
+    url = Settings().db.url
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            row = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchone()
+            server = conn.info.server_version
+    except psycopg.Error:
+        return "storage: PostgreSQL not reachable yet"
+    name = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
+    major, minor = divmod(server, 10000)
+    kind = f"TimescaleDB {row[0]}" if row else "plain PostgreSQL (no TimescaleDB)"
+    return f"storage: {kind} on PostgreSQL {major}.{minor}, database {name}"
+
+
+def _ensure_database(url: str) -> None:
+    """Create the database ``url`` names when the server lacks it (e.g. the plain-PostgreSQL
+    run's ``iotmon_plain``, in which TimescaleDB is never enabled)."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    name = str(params.get("dbname") or "")
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres", connect_timeout=3)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def stack(base_settings: Settings) -> Settings:
     """The settings of a running stack; fails (not skips) when a service is down."""
@@ -42,6 +71,7 @@ def stack(base_settings: Settings) -> Settings:
     if not _reachable(f"{base_settings.mqtt.host}:{base_settings.mqtt.port}"):
         missing.append(f"Mosquitto at {base_settings.mqtt.host}:{base_settings.mqtt.port}")
     try:
+        _ensure_database(base_settings.db.url)
         psycopg.connect(base_settings.db.url, connect_timeout=3).close()
     except psycopg.Error:
         missing.append("PostgreSQL")

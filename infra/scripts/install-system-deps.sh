@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the machine packages the local stack needs (Debian/Ubuntu): Java 17+ and Maven for
-# Apache Kafka, the PostgreSQL server, Mosquitto.  Only what is missing is installed.
+# Apache Kafka, the PostgreSQL server, Mosquitto, and what building TimescaleDB from its source
+# release needs when the server has no TimescaleDB (cmake, a C compiler, OpenSSL headers and
+# postgresql-server-dev-<major>).  Only what is missing is installed.
 set -euo pipefail
 
 missing=()
@@ -14,23 +16,43 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "system packages: all present"
-  exit 0
+install() {
+  echo "system packages: installing $*"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo="sudo"
+    else
+      echo "need root (or sudo) to install: $*" >&2
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
+if [ ${#missing[@]} -gt 0 ]; then
+  install "${missing[@]}"
 fi
 
-echo "system packages: installing ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
-  else
-    echo "need root (or sudo) to install: ${missing[*]}" >&2
-    exit 1
-  fi
+# TimescaleDB's build tools, for the newest installed server, unless it has TimescaleDB.
+major=$(ls -d /usr/lib/postgresql/*/bin/initdb | sed 's|/usr/lib/postgresql/\([0-9]*\)/.*|\1|' | sort -n | tail -1)
+build=()
+if [ ! -f "/usr/share/postgresql/$major/extension/timescaledb.control" ]; then
+  command -v cmake >/dev/null 2>&1 || build+=(cmake)
+  command -v cc >/dev/null 2>&1 || build+=(gcc libc6-dev)
+  command -v make >/dev/null 2>&1 || build+=(make)
+  [ -f /usr/include/openssl/ssl.h ] || build+=(libssl-dev)
+  [ -f "/usr/include/postgresql/$major/server/postgres.h" ] || build+=("postgresql-server-dev-$major")
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#build[@]} -gt 0 ]; then
+  # This can upgrade the server package to a newer minor release; `iotmon stack up` restarts
+  # a running server of the stack when its binaries changed.
+  install "${build[@]}"
+fi
+if [ ${#missing[@]} -eq 0 ] && [ ${#build[@]} -eq 0 ]; then
+  echo "system packages: all present"
+fi
 # The Debian package may start a system-wide broker on 1883; the stack uses its own port and
 # does not depend on it.

@@ -72,21 +72,49 @@ def _policy_settings(settings: DatabaseSettings) -> dict[str, str]:
     }
 
 
-def _enable_timescaledb(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
-    """Create the extension when the server has it; True when it is enabled."""
-    row = conn.execute(
-        "SELECT installed_version IS NOT NULL, true FROM pg_available_extensions "
-        "WHERE name = 'timescaledb'"
-    ).fetchone()
+NOT_PRELOADED = (
+    "TimescaleDB is installed on the server but not preloaded, so it cannot be enabled: add "
+    "timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL "
+    "(`iotmon stack up` does both for the local stack), then run `iotmon migrate` again; "
+    "going on with plain PostgreSQL tables"
+)
+
+
+def _enable_timescaledb(settings: DatabaseSettings) -> bool:
+    """Create (or update) the extension in the database when the server has it and the
+    settings allow it; True when it is enabled.  Uses a connection of its own: a failed
+    ``CREATE EXTENSION`` may end the session, and ``ALTER EXTENSION ... UPDATE`` must be the
+    first statement of one."""
+    if settings.timescaledb == "off":
+        return False
+    with psycopg.connect(settings.url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT default_version, installed_version FROM pg_available_extensions "
+            "WHERE name = 'timescaledb'"
+        ).fetchone()
+        loaded = conn.execute("SHOW shared_preload_libraries").fetchone()
+    preload = str(loaded[0]) if loaded else ""
     if row is None:
         return False
-    if not row[0]:
+    default, installed = row
+    if "timescaledb" not in preload:
+        log.warning("%s", NOT_PRELOADED)
+        return False
+    statement = (
+        "CREATE EXTENSION IF NOT EXISTS timescaledb"
+        if installed is None
+        else "ALTER EXTENSION timescaledb UPDATE"
+        if installed != default
+        else None
+    )
+    if statement is not None:
         try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            with psycopg.connect(settings.url, autocommit=True) as conn:
+                conn.execute(statement)
         except psycopg.Error as exc:
-            log.warning("TimescaleDB is installed but could not be enabled: %s", exc)
-            return False
+            log.warning("TimescaleDB could not be enabled (%s): %s", statement, exc)
+            return installed is not None
+        log.info("TimescaleDB %s: %s", default, statement)
     return True
 
 
@@ -95,9 +123,9 @@ def migrate(settings: DatabaseSettings, directory: Path | None = None) -> list[i
     migrations = discover(directory or default_migrations_dir())
     schema = settings.db_schema
     applied_now: list[int] = []
+    timescale = _enable_timescaledb(settings)
     with psycopg.connect(settings.url, autocommit=True) as conn:
         conn.add_notice_handler(lambda diag: log.info("%s", diag.message_primary))
-        timescale = _enable_timescaledb(conn)
         log.info(
             "database %s: %s",
             conn.info.dbname,
@@ -139,9 +167,34 @@ def migrate(settings: DatabaseSettings, directory: Path | None = None) -> list[i
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {m.path.name} failed: {exc}") from exc
                 applied_now.append(m.version)
+            if timescale:
+                _keep_time_series_storage(conn, settings)
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('iotmon.migrate.' || %s))", (schema,))
     return applied_now
+
+
+def _keep_time_series_storage(
+    conn: psycopg.Connection[tuple[object, ...]], settings: DatabaseSettings
+) -> None:
+    """Hypertables and policies in place (migration 011), also for a schema created on
+    plain PostgreSQL before TimescaleDB was enabled."""
+    p = _policy_settings(settings)
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT ensure_time_series_storage(%s::interval, %s::interval, %s, %s, %s)",
+                (
+                    p["iotmon.raw_chunk_interval"],
+                    p["iotmon.aggregates_chunk_interval"],
+                    p["iotmon.raw_compress_after"],
+                    p["iotmon.raw_retention"],
+                    p["iotmon.aggregates_retention"],
+                ),
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise MigrationError(f"converting to TimescaleDB hypertables failed: {exc}") from exc
+    log.info("schema %s: %s", settings.db_schema, row[0] if row else "")
 
 
 def current_version(settings: DatabaseSettings) -> int:

@@ -2,7 +2,8 @@
 
 The server binaries come from the machine's packages (Debian ``postgresql``).  PostgreSQL
 refuses to run as root, so when the stack runs as root the cluster belongs to the
-``postgres`` system user.  TimescaleDB is used when its extension is installed.
+``postgres`` system user.  It preloads TimescaleDB whenever the extension is installed
+(see :mod:`iotmon.stack.timescaledb`), and restarts to match when that changes.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from psycopg import sql
 
 from iotmon.settings import StackSettings
 from iotmon.stack.process import StackError, port_open, run, wait_until
+from iotmon.stack.timescaledb import Server
 
 log = logging.getLogger(__name__)
 
+PRELOAD_FILE = "iotmon-preload.conf"
 DB_NAME = "iotmon"
 DB_USER = "iotmon"
 
@@ -128,49 +131,84 @@ class PostgresService:
                 "fsync = on\n"
                 "timezone = 'UTC'\n"
             )
-            if self._timescaledb_installed():
-                conf.write("shared_preload_libraries = 'timescaledb'\n")
 
-    def _timescaledb_installed(self) -> bool:
-        share = subprocess.run(
-            [str(find_bin_dir(self.s.postgres_bin_dir) / "pg_config"), "--sharedir"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        sharedir = share.stdout.strip() if share.returncode == 0 else ""
-        if not sharedir:
-            major = find_bin_dir(self.s.postgres_bin_dir).parent.name
-            sharedir = f"/usr/share/postgresql/{major}"
-        return (Path(sharedir) / "extension" / "timescaledb.control").exists()
+    def _preload(self) -> str:
+        """The libraries the server must preload: TimescaleDB's whenever it is installed."""
+        server = Server.of(find_bin_dir(self.s.postgres_bin_dir))
+        return "timescaledb" if server.installed_version() else ""
+
+    def _write_preload(self) -> str:
+        """Keep the cluster's preload list in :data:`PRELOAD_FILE` (included by
+        ``postgresql.conf``, after anything an older stack wrote there); returns it."""
+        conf = self.data / "postgresql.conf"
+        include = f"include_if_exists = '{PRELOAD_FILE}'"
+        if include not in conf.read_text():
+            with conf.open("a") as f:
+                f.write(f"\n# libraries to preload, kept by `iotmon stack up`\n{include}\n")
+        preload = self._preload()
+        path = self.data / PRELOAD_FILE
+        content = f"shared_preload_libraries = '{preload}'\n"
+        if not path.exists() or path.read_text() != content:
+            path.write_text(content)
+            if self.user:
+                shutil.chown(path, self.user, self.user)
+        return preload
+
+    def _restart_reason(self, preload: str) -> str | None:
+        """Why the running server must restart to match its configuration and binaries."""
+        admin_url = f"postgresql://{DB_USER}@127.0.0.1:{self.s.postgres_port}/postgres"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            loaded = str(conn.execute("SHOW shared_preload_libraries").fetchone()[0])  # type: ignore[index]
+            running = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
+        if loaded != preload:
+            return f"preload '{loaded}' -> '{preload}'"
+        installed = subprocess.run(
+            [self._bin("postgres"), "--version"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        if len(installed) >= 3 and installed[2] != running:
+            return f"server package upgraded from {running} to {installed[2]}"
+        return None
 
     def up(self) -> str:
         if self.answers():
-            return "already running"
+            if not self._running():
+                return "already running (not started by the stack)"
+            reason = self._restart_reason(self._write_preload())
+            if reason is None:
+                return "already running"
+            log.info("restarting PostgreSQL: %s", reason)
+            self._pg_ctl("restart", "-m", "fast")
+            wait_until(self.answers, self.s.start_timeout_s, "PostgreSQL", self.log_file)
+            return f"restarted ({reason})"
         if port_open("127.0.0.1", self.s.postgres_port) and not self._running():
             raise StackError(
                 f"port {self.s.postgres_port} is taken by a process the stack did not start"
             )
         self._init()
         if not self._running():
-            run(
-                [
-                    self._bin("pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.log_file),
-                    "-w",
-                    "-t",
-                    str(int(self.s.start_timeout_s)),
-                    "start",
-                ],
-                "starting PostgreSQL",
-                user=self.user,
-            )
+            self._write_preload()
+            self._pg_ctl("start")
         wait_until(self.answers, self.s.start_timeout_s, "PostgreSQL", self.log_file)
         self._ensure_database()
         return "started"
+
+    def _pg_ctl(self, action: str, *options: str) -> None:
+        run(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(self.s.start_timeout_s)),
+                action,
+                *options,
+            ],
+            f"{action} PostgreSQL",
+            user=self.user,
+        )
 
     def _ensure_database(self) -> None:
         admin_url = f"postgresql://{DB_USER}@127.0.0.1:{self.s.postgres_port}/postgres"
