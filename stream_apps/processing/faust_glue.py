@@ -4,7 +4,8 @@ The worker depends on Faust (faust-streaming 0.15) for consumer groups, partitio
 assignment, changelog-backed tables and offset commits, and goes around it where Faust's
 public API is too slow or too fixed (see docs/stream-processing.md).  Each of those
 detours is here, named by what it is for, so that an upgrade of Faust or aiokafka is
-checked in this file alone:
+checked in this file and in ``iotmon/kafka_records.py`` (aiokafka's record reader, for
+header names that are not UTF-8, shared with the API's readers):
 
 * :func:`install_transport`: the consumer's fetch wait (``fetch_max_wait_ms``);
 * :func:`kafka_producer`: the aiokafka producer under Faust's, for record batches;
