@@ -45,7 +45,7 @@ STORAGE_TESTS := tests/integration/test_migrations.py tests/integration/test_tim
 	tests/integration/test_sink_poison.py tests/integration/test_masterdata.py \
 	tests/integration/test_api_aggregation.py tests/integration/test_api_alerts.py \
 	tests/integration/test_api_location.py tests/integration/test_api_realtime.py \
-	tests/integration/test_api_thresholds.py
+	tests/integration/test_api_thresholds.py tests/integration/test_rollups.py
 test: up
 	IOTMON_TEST_TIMESCALEDB=$(TIMESCALEDB) $(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-plain

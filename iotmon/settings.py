@@ -53,6 +53,9 @@ class DatabaseSettings(BaseModel):
     raw_retention: str = "90 days"
     aggregates_chunk_interval: str = "30 days"
     aggregates_retention: str = ""  # empty: keep aggregates forever
+    # Backstop refresh of the daily and monthly rollups (continuous aggregates); the
+    # aggregates sink refreshes what it changed in earlier days right after each batch.
+    rollup_refresh_every: str = "15 minutes"
 
 
 class MqttSettings(BaseModel):
@@ -161,6 +164,10 @@ class ApiSettings(BaseModel):
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     query_work_mem: str = Field("32MB", pattern=r"^\d{1,6}(kB|MB|GB)$")  # per API session
+    # Day and month buckets from the daily and monthly rollups (TimescaleDB continuous
+    # aggregates) when the schema has them; false: always from the hourly rows (same answers,
+    # slower; the baseline of bench/api_load.py).
+    rollups: bool = True
 
 
 class LogSettings(BaseModel):

@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
+from iotmon.db import rollups
 from iotmon.settings import DatabaseSettings, KafkaSettings
 from producers.kafka import publish_keyed
 from schemas.master import Location, Sensor, SensorRecord, loc_id_by_convention
@@ -204,6 +205,11 @@ def import_master_data(
             upsert(conn, data, auto=auto)
         touched = {loc.loc_id for loc in data.locations} | {s.loc_id for s in data.sensors}
         records = sensor_records(conn, touched)
+    # Committed (when the connection closed).  A location that moved changed the floor
+    # rollup of its past hours: the daily and monthly rollups follow now, not at their next
+    # scheduled refresh.
+    if data.locations and not auto:
+        rollups.refresh_all(db)
     count = publish(kafka, records)
     log.info(
         "master data: %d locations, %d sensors stored; %d sensor records published",

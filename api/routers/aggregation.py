@@ -6,9 +6,10 @@ hours still open are included and marked ``provisional``."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from psycopg import sql
 from pydantic import BaseModel
 
@@ -82,33 +83,85 @@ def _period(start_date: str, end_date: str) -> Period:
         raise HTTPException(422, str(exc)) from None
 
 
+# The daily and monthly rollups (TimescaleDB continuous aggregates, migration 012): per
+# bucket, the source that has one row per UTC bucket and local date (or month), its local
+# date column and how the local date of a bucket is read from it.
+_ROLLUPS = {
+    ("location", "day"): ("loc_daily", "ymd"),
+    ("location", "month"): ("loc_monthly", "ym"),
+    ("floor", "day"): ("floor_daily", "ymd"),
+    ("floor", "month"): ("floor_monthly", "ym"),
+}
+_ROLLUP_BUCKETS = {
+    "day": (sql.SQL("a.ymd::text"), sql.SQL("'00'")),
+    "month": (sql.SQL("a.ym"), sql.SQL("'00'")),
+}
+_ROLLUPS_CHECK_S = 30.0
+
+
+async def _has_rollups(request: Request, conn: Conn) -> bool:
+    """Whether the schema has the rollups; looked up at most every 30 s.  Answers are the
+    same either way (the hourly sources stay maintained), only slower without them."""
+    state = request.app.state
+    if not state.settings.api.rollups:
+        return False
+    checked: tuple[float, bool] | None = getattr(state, "rollups_checked", None)
+    now = time.monotonic()
+    if checked is None or now - checked[0] > _ROLLUPS_CHECK_S:
+        cursor = await conn.execute(
+            "SELECT count(*) = 4 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind = 'v' AND c.relname IN"
+            " ('loc_daily', 'loc_monthly', 'floor_daily', 'floor_monthly')"
+        )
+        row = await cursor.fetchone()
+        checked = (now, bool(row and row[0]))
+        state.rollups_checked = checked
+    return checked[1]
+
+
 async def _aggregate(
-    conn: Conn, level: str, period: Period, where: dict[str, Any]
+    request: Request, conn: Conn, level: str, period: Period, where: dict[str, Any]
 ) -> AggregationResponse:
     group = _LEVEL_COLUMNS[level]
-    ymd, hour = _BUCKETS[period.bucket]
-    # Per location: the sensors' hourly rows with their places.  Per floor, building or
-    # factory: the floor rollup (migration 007), one row per floor-hour.
+    rollup = None
+    if period.bucket != "hour" and await _has_rollups(request, conn):
+        rollup = _ROLLUPS[("location" if level == "location" else "floor", period.bucket)]
+    # Per location: the sensors' hourly rows (or daily or monthly rollups) with their places.
+    # Per floor, building or factory: the floor rollup (migration 007), one row per
+    # floor-hour, or its daily and monthly rollups.
+    table = (
+        sql.Identifier(rollup[0])
+        if rollup
+        else sql.Identifier("hourly_aggregates" if level == "location" else "floor_hourly")
+    )
     if level == "location":
-        source = sql.SQL("hourly_aggregates a JOIN locations l ON l.loc_id = a.loc_id")
+        source = sql.SQL("{} a JOIN locations l ON l.loc_id = a.loc_id").format(table)
         place = "l"
     else:
-        source, place = sql.SQL("floor_hourly a"), "a"
+        source, place = sql.SQL("{} a").format(table), "a"
     group_sql = sql.SQL(", ").join(sql.Identifier(place, c) for c in group)
-    # ymd is the location's local date; the hour_start bounds (local dates widened by the
-    # largest UTC offsets) only let the planner use the time indexes, they never cut rows.
+    # ymd is the location's local date; the time bounds (local dates widened by the largest
+    # UTC offsets, and for rollups to the UTC day or month that holds them) only let the
+    # planner skip chunks, they never cut rows.
+    if rollup is None:
+        ymd, hour = _BUCKETS[period.bucket]
+        local, time_column, before, after = "a.ymd", "a.hour_start", "14 hours", "1 day 12 hours"
+        first, last = period.first_ymd, period.last_ymd
+    else:
+        ymd, hour = _ROLLUP_BUCKETS[period.bucket]
+        local, time_column, before, after = f"a.{rollup[1]}", "a.bucket", "1 month", "2 days"
+        width = 8 if rollup[1] == "ymd" else 6
+        first, last = period.first_ymd[:width], period.last_ymd[:width]
     conditions: list[sql.Composable] = [
-        sql.SQL("a.ymd BETWEEN %s AND %s"),
+        sql.SQL("{} BETWEEN %s AND %s").format(sql.SQL(local)),
         sql.SQL(
-            "a.hour_start >= to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC'"
-            " - interval '14 hours'"
-        ),
-        sql.SQL(
-            "a.hour_start < to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC'"
-            " + interval '1 day 12 hours'"
+            "{} >= to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC' - {}::interval"
+        ).format(sql.SQL(time_column), sql.Literal(before)),
+        sql.SQL("{} < to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC' + {}::interval").format(
+            sql.SQL(time_column), sql.Literal(after)
         ),
     ]
-    params: list[Any] = [period.first_ymd, period.last_ymd, period.first_ymd, period.last_ymd]
+    params: list[Any] = [first, last, period.first_ymd, period.last_ymd]
     for column, value in where.items():
         conditions.append(sql.SQL("{} = %s").format(sql.Identifier(place, column)))
         params.append(value)
@@ -144,35 +197,42 @@ async def _aggregate(
 
 @router.get("/{metric}/", dependencies=[CanRead])
 async def all_locations(
-    conn: Conn, metric: Metric, start_date: StartDate, end_date: EndDate
+    request: Request, conn: Conn, metric: Metric, start_date: StartDate, end_date: EndDate
 ) -> AggregationResponse:
-    return await _aggregate(conn, "location", _period(start_date, end_date), {})
+    return await _aggregate(request, conn, "location", _period(start_date, end_date), {})
 
 
 @router.get("/{metric}/location/{loc_id}", dependencies=[CanRead])
 async def one_location(
+    request: Request,
     conn: Conn,
     metric: Metric,
     loc_id: Annotated[str, Path(pattern=LOC_ID_PATTERN)],
     start_date: StartDate,
     end_date: EndDate,
 ) -> AggregationResponse:
-    return await _aggregate(conn, "location", _period(start_date, end_date), {"loc_id": loc_id})
+    return await _aggregate(
+        request, conn, "location", _period(start_date, end_date), {"loc_id": loc_id}
+    )
 
 
 @router.get("/{metric}/factory/{factory}", dependencies=[CanRead])
 async def factory_level(
+    request: Request,
     conn: Conn,
     metric: Metric,
     factory: Annotated[str, Path(max_length=100)],
     start_date: StartDate,
     end_date: EndDate,
 ) -> AggregationResponse:
-    return await _aggregate(conn, "factory", _period(start_date, end_date), {"factory": factory})
+    return await _aggregate(
+        request, conn, "factory", _period(start_date, end_date), {"factory": factory}
+    )
 
 
 @router.get("/{metric}/building/{factory}/{building}", dependencies=[CanRead])
 async def building_level(
+    request: Request,
     conn: Conn,
     metric: Metric,
     factory: Annotated[str, Path(max_length=100)],
@@ -181,12 +241,17 @@ async def building_level(
     end_date: EndDate,
 ) -> AggregationResponse:
     return await _aggregate(
-        conn, "building", _period(start_date, end_date), {"factory": factory, "building": building}
+        request,
+        conn,
+        "building",
+        _period(start_date, end_date),
+        {"factory": factory, "building": building},
     )
 
 
 @router.get("/{metric}/floor/{factory}/{building}/{floor}", dependencies=[CanRead])
 async def floor_level(
+    request: Request,
     conn: Conn,
     metric: Metric,
     factory: Annotated[str, Path(max_length=100)],
@@ -196,6 +261,7 @@ async def floor_level(
     end_date: EndDate,
 ) -> AggregationResponse:
     return await _aggregate(
+        request,
         conn,
         "floor",
         _period(start_date, end_date),

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api.changes import DataChanges
 from api.deps import AppSettings, CanOperate, CanRead, Conn
 from api.filters import equal
+from iotmon.db import rollups
 from producers.masterdata import (
     MasterData,
     MasterDataError,
@@ -279,7 +280,10 @@ async def delete_sensor(
 
 @router.delete("/loc/{loc_id}", dependencies=[CanOperate])
 async def delete_location(
-    request: Request, conn: Conn, loc_id: Annotated[str, Path(pattern=LOC_ID_PATTERN)]
+    request: Request,
+    conn: Conn,
+    settings: AppSettings,
+    loc_id: Annotated[str, Path(pattern=LOC_ID_PATTERN)],
 ) -> dict[str, str]:
     """Delete a location that no sensor is installed at (409 otherwise)."""
     async with conn.cursor() as cur:
@@ -292,6 +296,9 @@ async def delete_location(
         await cur.execute("DELETE FROM locations WHERE loc_id = %s", (loc_id,))
         deleted = cur.rowcount
     await conn.commit()
+    if deleted:
+        # Its past hours left the floor rollup: the daily and monthly rollups follow now.
+        await run_in_threadpool(rollups.refresh_all, settings.db)
     _changed(request)
     if not deleted:
         raise HTTPException(404, f"location {loc_id} does not exist")

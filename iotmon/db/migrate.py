@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from iotmon.db import rollups
 from iotmon.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,20 @@ def _keep_time_series_storage(
                     p["iotmon.aggregates_retention"],
                 ),
             ).fetchone()
+        log.info("schema %s: %s", settings.db_schema, row[0] if row else "")
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT ensure_rollups(%s::interval)", (settings.rollup_refresh_every,)
+            ).fetchone()
+        done = str(row[0]) if row else ""
+        log.info("schema %s: %s", settings.db_schema, done)
+        held = conn.execute("SELECT EXISTS (SELECT 1 FROM hourly_aggregates)").fetchone()
+        if "created" in done and held and held[0]:
+            # Rollups of a schema that already holds data: materialized now rather than
+            # computed at query time until the first policy run.
+            rollups.refresh(conn, patience_s=600.0)
     except psycopg.Error as exc:
         raise MigrationError(f"converting to TimescaleDB hypertables failed: {exc}") from exc
-    log.info("schema %s: %s", settings.db_schema, row[0] if row else "")
 
 
 def current_version(settings: DatabaseSettings) -> int:

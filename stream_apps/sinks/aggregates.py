@@ -11,22 +11,30 @@ A batch is reduced to the highest-ranked record per key in Python, COPied into a
 table and applied with one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``; rows whose values
 would not change are not rewritten (so a replay reports 0 rows changed).  In the same
 transaction the floor rollup (``floor_hourly``, migration 007) is recomputed for the
-floor-hours the batch touched.
+floor-hours the batch touched.  After the commit, a batch with hours of an earlier UTC day
+brings the daily and monthly rollups of those months up to date (``iotmon.db.rollups``,
+migration 012; nothing to do on plain PostgreSQL), so the API's day and month buckets answer
+with it at once.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from iotmon.db import rollups
 from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.common import METRICS
+from stream_apps.common.unavailable import database_unavailable
 from stream_apps.sinks.upsert import GuardedUpsert
+
+log = logging.getLogger(__name__)
 
 _KEY = ("sensor_id", "hour_start")
 _METRIC_PARTS = ("count", "sum", "min", "max")
@@ -47,6 +55,16 @@ _UPSERT = _TABLE.upsert()
 _REFRESH_FLOORS = sql.SQL(
     "SELECT refresh_floor_hourly_for(array_agg(loc_id), array_agg(hour_start)) FROM {}"
 ).format(sql.Identifier(_TABLE.staging))
+
+
+def earlier_days(
+    records: Iterable[HourlyAggregate], now: datetime
+) -> tuple[datetime, datetime] | None:
+    """The first and last hour of ``records`` before the current UTC day (whose rollups may
+    be materialized already), or None."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    hours = [r.hour_start for r in records if r.hour_start < today]
+    return (min(hours), max(hours)) if hours else None
 
 
 def rank(record: HourlyAggregate) -> tuple[bool, datetime]:
@@ -105,3 +123,28 @@ class AggregatesWriter:
             changed = cur.rowcount
             cur.execute(_REFRESH_FLOORS)
             return changed
+
+    def after_commit(
+        self, conn: psycopg.Connection[Any], records: Sequence[HourlyAggregate]
+    ) -> None:
+        """Refresh the rollups of the months of earlier days the batch wrote.  A failure other
+        than the database going away is logged and left to the rollups' refresh policy: the
+        rows are committed, so the batch is not a bad record."""
+        span = earlier_days(records, datetime.now(UTC))
+        if span is None:
+            return
+        conn.autocommit = True
+        try:
+            rollups.refresh(conn, *span)
+        except psycopg.Error as exc:
+            if database_unavailable(exc):
+                raise
+            log.warning(
+                "daily and monthly rollups of %s..%s not refreshed (the refresh policy will): %s",
+                span[0].date(),
+                span[1].date(),
+                exc,
+            )
+        finally:
+            if not conn.closed:
+                conn.autocommit = False

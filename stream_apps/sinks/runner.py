@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import psycopg
 from confluent_kafka import Consumer, Message, Producer
@@ -55,6 +55,15 @@ class SinkWriter(Protocol[M]):
 
     def write(self, conn: psycopg.Connection[Any], records: Sequence[M]) -> int:
         """Write ``records``; returns how many rows changed (for metrics)."""
+        ...
+
+
+@runtime_checkable
+class AfterCommit(Protocol):
+    """A writer with work to do once its transaction has committed (outside of it)."""
+
+    def after_commit(self, conn: psycopg.Connection[Any], records: Sequence[Any]) -> None:
+        """Raise only what ``database_unavailable`` recognises (the batch is retried)."""
         ...
 
 
@@ -141,8 +150,11 @@ class SinkRunner(StageRunner[M]):
     def write(self, items: Sequence[Prepared[M]]) -> None:
         """All of ``items`` in one transaction."""
         conn = self._connection()
+        records = [item.item for item in items]
         with conn.transaction():
-            rows = self.writer.write(conn, [item.item for item in items])
+            rows = self.writer.write(conn, records)
+        if isinstance(self.writer, AfterCommit):
+            self.writer.after_commit(conn, records)
         self.metrics.rows.labels(self.writer.name).inc(rows)
         self.metrics.records.labels(self.writer.name).inc(len(items))
 

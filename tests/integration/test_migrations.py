@@ -71,7 +71,7 @@ def test_storage_matches_the_server(db: DatabaseSettings) -> None:
                 "WHERE hypertable_schema = %s",
                 (db.db_schema,),
             ).fetchall()
-            assert {h[0] for h in hyper} == {"readings", "hourly_aggregates"}
+            assert {h[0] for h in hyper} == {"readings", "hourly_aggregates", "floor_hourly"}
         else:
             brin = conn.execute(
                 "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE "

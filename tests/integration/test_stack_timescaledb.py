@@ -103,7 +103,7 @@ def test_timescaledb_installed_after_the_cluster_was_created(
                 " WHERE hypertable_schema = 'plant'"
             )
         }
-        assert tables == {"readings", "hourly_aggregates"}
+        assert tables == {"readings", "hourly_aggregates", "floor_hourly"}
         assert conn.execute("SELECT * FROM plant.readings ORDER BY capture_dt").fetchall() == before
         chunks = conn.execute("SELECT count(*) FROM show_chunks('plant.readings')").fetchone()
         assert chunks is not None and chunks[0] >= 2  # a day's chunk each

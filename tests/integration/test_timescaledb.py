@@ -91,7 +91,7 @@ def test_time_series_tables_are_hypertables_whenever_the_extension_is_present(
         assert {"readings_time_brin", "hourly_aggregates_time_brin"} <= indexes
         return
     print(f"TimescaleDB {version} enabled; schema {db.db_schema}")
-    assert hypertables(db) == {"readings", "hourly_aggregates"}
+    assert hypertables(db) == {"readings", "hourly_aggregates", "floor_hourly"}
     jobs = {
         (r[0], r[1])
         for r in query(
@@ -101,10 +101,24 @@ def test_time_series_tables_are_hypertables_whenever_the_extension_is_present(
             (db.db_schema,),
         )
     }
-    assert jobs == {("readings", "policy_compression"), ("readings", "policy_retention")}
+    # Compression and retention of raw readings; the daily and monthly rollups, each with
+    # its refresh policy.
+    refresh = "policy_refresh_continuous_aggregate"
+    assert jobs == {
+        ("readings", "policy_compression"),
+        ("readings", "policy_retention"),
+        *((view, refresh) for view in ("loc_daily", "loc_monthly", "floor_daily", "floor_monthly")),
+    }
+    every = query(
+        db,
+        "SELECT DISTINCT schedule_interval FROM timescaledb_information.jobs"
+        " WHERE hypertable_schema = %s AND proc_name = %s",
+        (db.db_schema, refresh),
+    )
+    assert every == [(timedelta(minutes=15),)]
     # A second run changes nothing.
     assert migrate(db) == []
-    assert hypertables(db) == {"readings", "hourly_aggregates"}
+    assert hypertables(db) == {"readings", "hourly_aggregates", "floor_hourly"}
 
 
 # --- a schema created on plain PostgreSQL, then TimescaleDB ---------------------------
@@ -212,7 +226,7 @@ def test_a_plain_schema_becomes_hypertables_with_its_data_and_stays_exact(
         # TimescaleDB appears: the next migrate converts, with the rows, and again is a no-op.
         on = scratch_db  # timescaledb: auto
         version = needs_timescaledb_after(on)
-        assert hypertables(on) == {"readings", "hourly_aggregates"}, version
+        assert hypertables(on) == {"readings", "hourly_aggregates", "floor_hourly"}, version
         assert query(on, rows) == rows_before
         assert query(on, "SELECT * FROM hourly_aggregates ORDER BY 1, 2") == aggregates_before
         brin = query(on, "SELECT indexname FROM pg_indexes WHERE indexname LIKE %s", ("%brin",))
