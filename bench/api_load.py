@@ -1,6 +1,7 @@
 """API load: realtime and aggregation queries with 1,000 locations and a year of hourly rows.
 
     python -m bench.api_load [--locations 1000] [--days 365] [--duration 20] [--reuse]
+                             [--name api_load]
 
 Fills its own schema (``bench_api``) of the local PostgreSQL: every location has one sensor,
 a latest status, and one hourly aggregate per hour for ``--days`` days (8.76 million rows by
@@ -8,6 +9,10 @@ default), written with one INSERT ... SELECT.  It then starts ``iotmon api`` as 
 process and drives it with concurrent closed-loop clients for each scenario: ``hey`` when
 it is installed, else httpx (asyncio).  The baseline in the same run is ``/health`` at the
 same concurrency: the most this machine's HTTP stack answers with no database work at all.
+On TimescaleDB the day and month scenarios run twice, from the hourly rows (the API with
+``IOTMON_API__ROLLUPS=false``, the baseline) and from the daily and monthly rollups; the
+``source`` column says which.  ``IOTMON_DB__URL`` picks the database (one without TimescaleDB
+for the plain-PostgreSQL numbers) and ``--name`` the results file.
 
 Clients ask for gzip, as browsers and HTTP libraries do.  ``hey`` reads the compressed bytes
 without decompressing them: clients on other machines decompress on their own cores, and
@@ -31,6 +36,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +51,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import latency_summary, write_results
+from iotmon.db import rollups
 from iotmon.db.migrate import migrate
 from iotmon.settings import Settings
 
@@ -137,6 +144,9 @@ def fill(settings: Settings, locations: int, days: int, reuse: bool) -> dict[str
             " l.building, l.floor, a.hour_start FROM hourly_aggregates a"
             " JOIN locations l USING (loc_id)) k"
         )
+        # And the daily and monthly rollups (TimescaleDB), as `iotmon migrate` does for a
+        # schema that holds rows.
+        rollups.refresh(conn, patience_s=600.0)
         conn.execute("ANALYZE")
     fill_s = round(time.perf_counter() - started, 1)
     print(f"filled in {fill_s} s")
@@ -184,10 +194,12 @@ def pinned(cores: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+def start_api(settings: Settings, port: int, rollups: bool = True) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        "IOTMON_DB__URL": settings.db.url,
         "IOTMON_DB__DB_SCHEMA": settings.db.db_schema,
+        "IOTMON_API__ROLLUPS": "true" if rollups else "false",
         "IOTMON_API__PORT": str(port),
         "IOTMON_LOG__LEVEL": "WARNING",
     }
@@ -307,8 +319,9 @@ async def drive(base: str, scenario: Scenario, duration_s: float) -> dict[str, A
     return _result(scenario, latencies, errors, elapsed, sizes)
 
 
-def scenarios(month: str, clients: int) -> list[Scenario]:
+def scenarios(month: str, quarter: str, clients: int) -> list[Scenario]:
     first, last = f"{month}01", f"{month}28"
+    year = month[:4]
     return [
         Scenario("baseline: /health (no database)", "/health", clients),
         Scenario("realtime, all 1,000 locations", "/api/v1/realtime/", clients, 50.0),
@@ -335,7 +348,76 @@ def scenarios(month: str, clients: int) -> list[Scenario]:
             f"/api/v1/aggregation/humidity/location/L0002?start_date={first}&end_date={first}",
             clients,
         ),
+        # Day and month buckets over large ranges: what the daily and monthly rollups are for.
+        Scenario(
+            "aggregation, one factory, a year monthly",
+            f"/api/v1/aggregation/temperature/factory/F2?start_date={year}&end_date={year}",
+            clients,
+        ),
+        Scenario(
+            "aggregation, one factory, three months daily",
+            f"/api/v1/aggregation/temperature/factory/F3?start_date={quarter}&end_date={month}",
+            clients,
+        ),
+        Scenario(
+            "aggregation, all 1,000 locations, a year monthly",
+            f"/api/v1/aggregation/humidity/?start_date={year}&end_date={year}",
+            1,
+        ),
+        Scenario(
+            "aggregation, all 1,000 locations, a month daily",
+            f"/api/v1/aggregation/humidity/?start_date={month}&end_date={month}",
+            1,
+        ),
     ]
+
+
+def refresh_cost(settings: Settings, repeats: int = 5) -> dict[str, float]:
+    """What the aggregates sink's refresh after a batch with an earlier day costs (median
+    ms): with one changed hour of yesterday (an hour of one sensor rewritten with the same
+    values, which invalidates the buckets as any write does), and with nothing changed."""
+    changed: list[float] = []
+    unchanged: list[float] = []
+    with _connect(settings) as conn:
+        row = conn.execute(
+            "SELECT sensor_id, hour_start FROM hourly_aggregates"
+            " WHERE hour_start = date_trunc('day', now(), 'UTC') - interval '12 hours'"
+            " ORDER BY sensor_id LIMIT 1"
+        ).fetchone()
+        assert row is not None, "no hour of yesterday"
+        sensor, hour = row
+        for _ in range(repeats):
+            conn.execute(
+                "UPDATE hourly_aggregates SET updated_at = updated_at"
+                " WHERE sensor_id = %s AND hour_start = %s",
+                (sensor, hour),
+            )
+            started = time.perf_counter()
+            rollups.refresh(conn, hour, hour)
+            changed.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            rollups.refresh(conn, hour, hour)
+            unchanged.append((time.perf_counter() - started) * 1000)
+    return {
+        "sink_refresh_one_changed_hour_ms": round(statistics.median(changed), 1),
+        "sink_refresh_nothing_changed_ms": round(statistics.median(unchanged), 1),
+    }
+
+
+def storage(settings: Settings) -> tuple[str, bool]:
+    """What the schema is stored on, and whether it has the daily and monthly rollups."""
+    with _connect(settings) as conn:
+        row = conn.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+        ).fetchone()
+        views = conn.execute(
+            "SELECT count(*) FROM pg_views WHERE schemaname = current_schema()"
+            " AND viewname IN ('loc_daily', 'loc_monthly', 'floor_daily', 'floor_monthly')"
+        ).fetchone()
+        version = conn.execute("SHOW server_version").fetchone()
+    server = f"PostgreSQL {version[0] if version else '?'}"
+    name = f"TimescaleDB {row[0]} on {server}" if row else f"{server} (no TimescaleDB)"
+    return name, bool(views and views[0] == 4)
 
 
 def main() -> None:
@@ -352,6 +434,7 @@ def main() -> None:
     parser.add_argument(
         "--no-pin", action="store_true", help="let the load generator share the API's cores"
     )
+    parser.add_argument("--name", default="api_load", help="results file name under bench/results/")
     args = parser.parse_args()
     cores = Cores.split(not args.no_pin)
 
@@ -366,32 +449,51 @@ def main() -> None:
             "SELECT to_char(date_trunc('month', now() - interval '1 month')"
             " - interval '1 day', 'YYYYMM')"
         ).fetchone()
-    assert row is not None
-    month = row[0]
-    port = _free_port()
-    with pinned(cores.server):
-        api = start_api(settings, port)
+        quarter_row = conn.execute(
+            "SELECT to_char(date_trunc('month', now() - interval '3 months')"
+            " - interval '1 day', 'YYYYMM')"
+        ).fetchone()
+    assert row is not None and quarter_row is not None
+    month, quarter = row[0], quarter_row[0]
+    stored_on, has_rollups = storage(settings)
+    print(f"storage: {stored_on}; rollups: {'yes' if has_rollups else 'no'}")
     hey = None if args.python_client else hey_binary()
     print(f"load generator: {hey or 'python httpx client'}; {cores.describe()}")
     rows = []
-    try:
-        for scenario in scenarios(month, args.clients):
-            base = f"http://127.0.0.1:{port}"
-            with pinned(cores.client):
-                if hey:
-                    result = drive_hey(hey, base, scenario, args.duration)
-                else:
-                    result = asyncio.run(drive(base, scenario, args.duration))
-            print(result, flush=True)
-            rows.append(result)
-    finally:
-        api.terminate()
-        api.wait(20)
+    # The baseline of the day and month buckets in the same run: the hourly rows (and the
+    # floor rollup), then the daily and monthly rollups when the schema has them.
+    for from_rollups in (False, True) if has_rollups else (False,):
+        port = _free_port()
+        with pinned(cores.server):
+            api = start_api(settings, port, from_rollups)
+        try:
+            for scenario in scenarios(month, quarter, args.clients):
+                aggregation = "monthly" in scenario.name or "daily" in scenario.name
+                if from_rollups and not aggregation:
+                    continue
+                base = f"http://127.0.0.1:{port}"
+                with pinned(cores.client):
+                    if hey:
+                        result = drive_hey(hey, base, scenario, args.duration)
+                    else:
+                        result = asyncio.run(drive(base, scenario, args.duration))
+                result["source"] = (
+                    "rollups" if from_rollups else "hourly rows" if aggregation else ""
+                )
+                print(result, flush=True)
+                rows.append(result)
+        finally:
+            api.terminate()
+            api.wait(20)
+    refresh = refresh_cost(settings) if has_rollups else {}
+    if refresh:
+        print(f"rollup refresh after a batch with an earlier day: {refresh}")
     write_results(
-        "api_load",
+        args.name,
         rows,
         [
             "scenario",
+            "source",
             "clients",
             "req_per_s",
             "p50_ms",
@@ -411,6 +513,8 @@ def main() -> None:
             "duration_s_per_scenario": args.duration,
             "load_generator": "hey" if hey else "python httpx",
             "cores": cores.describe(),
+            "storage": stored_on,
+            **refresh,
             **data,
         },
         plot=("scenario", "p99_ms", "p99 latency (ms)"),
