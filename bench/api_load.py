@@ -374,34 +374,48 @@ def scenarios(month: str, quarter: str, clients: int) -> list[Scenario]:
 
 def refresh_cost(settings: Settings, repeats: int = 5) -> dict[str, float]:
     """What the aggregates sink's refresh after a batch with an earlier day costs (median
-    ms): with one changed hour of yesterday (an hour of one sensor rewritten with the same
-    values, which invalidates the buckets as any write does), and with nothing changed."""
-    changed: list[float] = []
-    unchanged: list[float] = []
+    ms), the way the sink writes: one sensor's hour rewritten (with the same values, which
+    invalidates the buckets as any write does) and its floor-hour recomputed, then the
+    refresh; for an hour of yesterday, of the previous month (its monthly buckets are
+    materialized too), and with nothing changed."""
+    out: dict[str, float] = {}
     with _connect(settings) as conn:
-        row = conn.execute(
-            "SELECT sensor_id, hour_start FROM hourly_aggregates"
-            " WHERE hour_start = date_trunc('day', now(), 'UTC') - interval '12 hours'"
-            " ORDER BY sensor_id LIMIT 1"
-        ).fetchone()
-        assert row is not None, "no hour of yesterday"
-        sensor, hour = row
-        for _ in range(repeats):
-            conn.execute(
-                "UPDATE hourly_aggregates SET updated_at = updated_at"
-                " WHERE sensor_id = %s AND hour_start = %s",
-                (sensor, hour),
-            )
-            started = time.perf_counter()
-            rollups.refresh(conn, hour, hour)
-            changed.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            rollups.refresh(conn, hour, hour)
-            unchanged.append((time.perf_counter() - started) * 1000)
-    return {
-        "sink_refresh_one_changed_hour_ms": round(statistics.median(changed), 1),
-        "sink_refresh_nothing_changed_ms": round(statistics.median(unchanged), 1),
-    }
+        for label, at in (
+            ("yesterday", "date_trunc('day', now(), 'UTC') - interval '12 hours'"),
+            (
+                "previous_month",
+                "date_trunc('month', now(), 'UTC') - interval '20 days' + interval '5 hours'",
+            ),
+        ):
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT sensor_id, loc_id, hour_start FROM hourly_aggregates"
+                    " WHERE hour_start = {} ORDER BY sensor_id LIMIT 1"
+                ).format(sql.SQL(at))
+            ).fetchone()
+            assert row is not None, f"no hour of {label}"
+            sensor, loc, hour = row
+            changed: list[float] = []
+            unchanged: list[float] = []
+            for _ in range(repeats):
+                conn.execute(
+                    "UPDATE hourly_aggregates SET updated_at = updated_at"
+                    " WHERE sensor_id = %s AND hour_start = %s",
+                    (sensor, hour),
+                )
+                conn.execute(
+                    "SELECT refresh_floor_hourly_for(ARRAY[%s], ARRAY[%s]::timestamptz[])",
+                    (loc, hour),
+                )
+                started = time.perf_counter()
+                rollups.refresh(conn, hour, hour)
+                changed.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                rollups.refresh(conn, hour, hour)
+                unchanged.append((time.perf_counter() - started) * 1000)
+            out[f"sink_refresh_{label}_ms"] = round(statistics.median(changed), 1)
+            out[f"sink_refresh_{label}_nothing_changed_ms"] = round(statistics.median(unchanged), 1)
+    return out
 
 
 def storage(settings: Settings) -> tuple[str, bool]:

@@ -194,23 +194,45 @@ def publish(kafka: KafkaSettings, records: Iterable[SensorRecord]) -> int:
     return publish_keyed(kafka, "sensors", ((r.sensor.sensor_id, r) for r in records))
 
 
+def places(conn: psycopg.Connection[Any], loc_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """loc_id -> (factory, building, floor) of those that exist."""
+    rows = conn.execute(
+        "SELECT loc_id, factory, building, floor FROM locations WHERE loc_id = ANY(%s)",
+        (loc_ids,),
+    ).fetchall()
+    return {str(r[0]): tuple(r[1:]) for r in rows}
+
+
+def has_hours(conn: psycopg.Connection[Any], loc_ids: list[str]) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM hourly_aggregates WHERE loc_id = ANY(%s))", (loc_ids,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def import_master_data(
     db: DatabaseSettings, kafka: KafkaSettings, data: MasterData, *, auto: bool = False
 ) -> list[SensorRecord]:
     """Store and publish; returns the sensor records published (every sensor of a touched
     location, as stored)."""
+    loc_ids = [loc.loc_id for loc in data.locations]
     with psycopg.connect(db.url) as conn:
         _search_path(conn, db.db_schema)
         with conn.transaction():
+            before = places(conn, loc_ids)
             upsert(conn, data, auto=auto)
-        touched = {loc.loc_id for loc in data.locations} | {s.loc_id for s in data.sensors}
+            after = places(conn, loc_ids)
+            # A location that moved, or one that came (back) with hours already stored,
+            # changed the floor rollup of its past hours.
+            changed = [loc for loc in loc_ids if before.get(loc) != after.get(loc)]
+            moved = bool(changed) and has_hours(conn, changed)
+        touched = set(loc_ids) | {s.loc_id for s in data.sensors}
         records = sensor_records(conn, touched)
-    # Committed (when the connection closed).  A location that moved changed the floor
-    # rollup of its past hours: the daily and monthly rollups follow now, not at their next
-    # scheduled refresh.
-    if data.locations and not auto:
-        rollups.refresh_all(db)
     count = publish(kafka, records)
+    if moved:
+        # Committed (when the connection closed): the daily and monthly rollups follow
+        # now, not at their next scheduled refresh.
+        rollups.refresh_all(db)
     log.info(
         "master data: %d locations, %d sensors stored; %d sensor records published",
         len(data.locations),

@@ -142,7 +142,8 @@ async def _aggregate(
     group_sql = sql.SQL(", ").join(sql.Identifier(place, c) for c in group)
     # ymd is the location's local date; the time bounds (local dates widened by the largest
     # UTC offsets, and for rollups to the UTC day or month that holds them) only let the
-    # planner skip chunks, they never cut rows.
+    # planner skip chunks, they never cut rows.  The widening is done on the date, before it
+    # becomes an instant in UTC, so the session's time zone (and its DST) plays no part.
     if rollup is None:
         ymd, hour = _BUCKETS[period.bucket]
         local, time_column, before, after = "a.ymd", "a.hour_start", "14 hours", "1 day 12 hours"
@@ -154,10 +155,10 @@ async def _aggregate(
         first, last = period.first_ymd[:width], period.last_ymd[:width]
     conditions: list[sql.Composable] = [
         sql.SQL("{} BETWEEN %s AND %s").format(sql.SQL(local)),
-        sql.SQL(
-            "{} >= to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC' - {}::interval"
-        ).format(sql.SQL(time_column), sql.Literal(before)),
-        sql.SQL("{} < to_date(%s, 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC' + {}::interval").format(
+        sql.SQL("{} >= (to_date(%s, 'YYYYMMDD') - {}::interval) AT TIME ZONE 'UTC'").format(
+            sql.SQL(time_column), sql.Literal(before)
+        ),
+        sql.SQL("{} < (to_date(%s, 'YYYYMMDD') + {}::interval) AT TIME ZONE 'UTC'").format(
             sql.SQL(time_column), sql.Literal(after)
         ),
     ]

@@ -199,6 +199,16 @@ def _keep_time_series_storage(
                 "SELECT ensure_rollups(%s::interval)", (settings.rollup_refresh_every,)
             ).fetchone()
         done = str(row[0]) if row else ""
+        if settings.aggregates_retention:
+            # The floor rollup is kept as long as the hourly rows it sums, so that the
+            # rollups above both lose the same days (a refresh over a dropped range drops
+            # what it had materialized there).
+            added = conn.execute(
+                "SELECT add_retention_policy('floor_hourly', %s::interval, if_not_exists => true)",
+                (settings.aggregates_retention,),
+            ).fetchone()
+            if added and added[0] != -1:
+                done += f"; floor_hourly kept {settings.aggregates_retention}"
         log.info("schema %s: %s", settings.db_schema, done)
         held = conn.execute("SELECT EXISTS (SELECT 1 FROM hourly_aggregates)").fetchone()
         if "created" in done and held and held[0]:

@@ -66,12 +66,12 @@ def refresh(
     rollup running elsewhere (its policy, another sink) is waited for, up to ``patience_s``
     per rollup; then LockNotAvailable is raised."""
     row = conn.execute(
-        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-        " WHERE e.extname = 'timescaledb'"
+        "SELECT n.nspname, now(), current_schema() FROM pg_extension e"
+        " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'timescaledb'"
     ).fetchone()
     if row is None:
         return []
-    extension = str(row[0])
+    extension, db_now, schema = str(row[0]), row[1], str(row[2])
     present = {
         str(r[0])
         for r in conn.execute(
@@ -79,9 +79,8 @@ def refresh(
             " WHERE view_schema = current_schema()"
         )
     }
-    schema_row = conn.execute("SELECT current_schema()").fetchone()
-    schema = str(schema_row[0]) if schema_row else "public"
-    daily, monthly = windows(start, end, now or datetime.now(UTC))
+    # "Now" is the database's clock: the same for every sink replica and the policies.
+    daily, monthly = windows(start, end, now or db_now)
     done: list[str] = []
     for views, window in ((DAILIES, daily), (MONTHLIES, monthly)):
         if window is None or (window[0] is not None and window[0] >= window[1]):
@@ -89,7 +88,8 @@ def refresh(
         for view in views:
             if view not in present:
                 continue
-            _refresh_one(conn, extension, f'"{schema}"."{view}"', window, patience_s)
+            name = sql.Identifier(schema, view).as_string(conn)
+            _refresh_one(conn, extension, name, window, patience_s)
             done.append(view)
     return done
 

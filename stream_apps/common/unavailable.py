@@ -53,6 +53,17 @@ def database_unavailable(exc: BaseException) -> bool:
     return state in _UNAVAILABLE_STATES or state[:2] in _UNAVAILABLE_CLASSES
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """True when the connection itself is gone (closed on our side, refused, lost, or the
+    server shutting down), as opposed to a statement the server refused."""
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] == "08" or state in ("57P01", "57P02", "57P03")
+
+
 def kafka_unavailable(exc: BaseException) -> bool:
     """True for a Kafka failure that is not the record's fault."""
     return isinstance(exc, KafkaException) and not refused_record(exc)

@@ -31,7 +31,7 @@ from psycopg import sql
 from iotmon.db import rollups
 from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.common import METRICS
-from stream_apps.common.unavailable import database_unavailable
+from stream_apps.common.unavailable import connection_lost
 from stream_apps.sinks.upsert import GuardedUpsert
 
 log = logging.getLogger(__name__)
@@ -127,22 +127,25 @@ class AggregatesWriter:
     def after_commit(
         self, conn: psycopg.Connection[Any], records: Sequence[HourlyAggregate]
     ) -> None:
-        """Refresh the rollups of the months of earlier days the batch wrote.  A failure other
-        than the database going away is logged and left to the rollups' refresh policy: the
-        rows are committed, so the batch is not a bad record."""
-        span = earlier_days(records, datetime.now(UTC))
-        if span is None:
-            return
-        conn.autocommit = True
+        """Refresh the rollups of the months of earlier days the batch wrote ("earlier" by
+        the database's clock, the same for every replica).  Only a lost connection is raised:
+        the runner reconnects and writes the batch again (idempotent), then refreshes.
+        Anything else (a refresh elsewhere that outlasts the wait, a missing right, a record
+        this cannot read) is logged and left to the rollups' refresh policy: the rows are
+        committed, so neither the batch nor a record of it is bad."""
+        span = None
         try:
-            rollups.refresh(conn, *span)
-        except psycopg.Error as exc:
-            if database_unavailable(exc):
+            conn.autocommit = True
+            row = conn.execute("SELECT now()").fetchone()
+            span = earlier_days(records, row[0] if row else datetime.now(UTC))
+            if span is not None:
+                rollups.refresh(conn, *span)
+        except Exception as exc:  # see above: only a lost connection is raised
+            if conn.closed or (isinstance(exc, psycopg.Error) and connection_lost(exc)):
                 raise
             log.warning(
-                "daily and monthly rollups of %s..%s not refreshed (the refresh policy will): %s",
-                span[0].date(),
-                span[1].date(),
+                "daily and monthly rollups%s not refreshed (their refresh policy will): %s",
+                f" of {span[0].date()}..{span[1].date()}" if span else "",
                 exc,
             )
         finally:

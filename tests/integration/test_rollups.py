@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.routers import aggregation
+from iotmon.db import rollups
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.masterdata import MasterData, import_master_data
 from schemas.aggregates import HourlyAggregate, MetricAggregate
@@ -37,7 +38,16 @@ CENT = Decimal("0.01")
 ROLLUPS = {"loc_daily", "loc_monthly", "floor_daily", "floor_monthly"}
 # Local days of Seoul start at 15:00 UTC, of Los Angeles at 07:00 or 08:00 UTC (DST), so
 # both straddle UTC days; Chatham (+12:45/+13:45) straddles them the most.
-ZONES = ("Asia/Seoul", "America/Los_Angeles", "Pacific/Chatham")
+# Local days of Seoul start at 15:00 UTC, of Los Angeles at 07:00 or 08:00 UTC (DST), so
+# both straddle UTC days; Chatham (+12:45/+13:45), Kiritimati (+14) and Etc/GMT+12 (-12)
+# are the farthest from UTC there are.
+ZONES = (
+    "Asia/Seoul",
+    "America/Los_Angeles",
+    "Pacific/Chatham",
+    "Pacific/Kiritimati",
+    "Etc/GMT+12",
+)
 PLACES = [
     # loc_id, factory, building, floor, zone
     ("R001", "F1", "B1", 1, ZONES[0]),
@@ -45,6 +55,8 @@ PLACES = [
     ("R003", "F1", "B1", 2, ZONES[2]),
     ("R004", "F1", "B2", 1, ZONES[0]),
     ("R005", "F2", "B1", 1, ZONES[1]),
+    ("R006", "F1", "B1", 1, ZONES[3]),
+    ("R007", "F1", "B2", 1, ZONES[4]),
 ]
 
 
@@ -117,6 +129,8 @@ def api(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings) -> TestClie
 PATHS = [
     "/api/v1/aggregation/{metric}/",
     "/api/v1/aggregation/{metric}/location/R002",
+    "/api/v1/aggregation/{metric}/location/R006",
+    "/api/v1/aggregation/{metric}/location/R007",
     "/api/v1/aggregation/{metric}/factory/F1",
     "/api/v1/aggregation/{metric}/building/F1/B1",
     "/api/v1/aggregation/{metric}/floor/F1/B1/1",
@@ -148,13 +162,51 @@ def materialized(db: DatabaseSettings, view: str, statement: str) -> list[Any]:
             )
 
 
-def month_periods(first_hour: datetime, days: int) -> list[tuple[str, str]]:
+def month_periods(spans: list[tuple[datetime, datetime]]) -> list[tuple[str, str]]:
     """Month forms (day buckets) and year forms (month buckets) covering the data."""
-    months = sorted(
-        {f"{(first_hour + timedelta(days=d)).astimezone(UTC):%Y%m}" for d in range(-1, days + 2)}
-    )
-    years = sorted({m[:4] for m in months})
-    return [(m, m) for m in months] + [(months[0], months[-1])] + [(y, y) for y in years]
+    months: set[str] = set()
+    for first, last in spans:
+        at = first - timedelta(days=1)
+        while at <= last + timedelta(days=1):
+            months.add(f"{at:%Y%m}")
+            at += timedelta(days=1)
+    ordered = sorted(months)
+    years = sorted({m[:4] for m in ordered})
+
+    def plus_four(month: str) -> str:
+        y, m = divmod(int(month[:4]) * 12 + int(month[4:]) - 1 + 4, 12)
+        return f"{y}{m + 1:02d}"
+
+    # Month buckets from every month on (the bounds of a range that starts in April or
+    # November cross a DST change in many zones).
+    from_each = [(m, plus_four(m)) for m in ordered]
+    return [(m, m) for m in ordered] + from_each + [(y, y) for y in years]
+
+
+def compare(
+    settings: Settings, periods: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """Every answer from the rollups equals the one from the hourly rows (the API with
+    ``api.rollups`` off); returns how many series were compared."""
+    used: list[bool] = []
+    real = aggregation._has_rollups
+
+    async def spy(request: Any, conn: Any) -> bool:
+        used.append(await real(request, conn))
+        return used[-1]
+
+    monkeypatch.setattr(aggregation, "_has_rollups", spy)
+    with TestClient(create_app(settings)) as client:
+        from_rollups = answers(client, periods)
+    assert used and all(used), "the day and month buckets came from the rollups"
+    used.clear()
+    off = settings.model_copy(update={"api": settings.api.model_copy(update={"rollups": False})})
+    with TestClient(create_app(off)) as client:
+        from_hours = answers(client, periods)
+    assert used and not any(used), "api.rollups = false: from the hourly rows"
+    for key, expected in from_hours.items():
+        assert from_rollups[key] == expected, key
+    return sum(len(a["locations"]) for a in from_hours.values())
 
 
 def test_day_and_month_buckets_from_the_rollups_equal_those_from_the_hours(
@@ -178,19 +230,23 @@ def test_day_and_month_buckets_from_the_rollups_equal_those_from_the_hours(
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    # About ten weeks up to the current hour, across at least two month ends, with gaps,
-    # provisional hours among the finals, and the current day (answered in real time).
+    # Ten weeks up to the current hour (the current day answered in real time), and the
+    # weeks around the spring DST change of 2026 (8 March in Los Angeles and New York),
+    # across month ends, with gaps and provisional hours among the finals.
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    first = now - timedelta(days=70)
-    records = []
-    for loc, _f, _b, _fl, zone in PLACES:
-        hour = first
-        while hour <= now:
-            if rng.random() < 0.85:
-                records.append(
-                    hourly(f"TEMPIOT-{loc}", loc, zone, hour, rng, final=rng.random() < 0.97)
-                )
-            hour += timedelta(hours=rng.choice((1, 1, 1, 2, 5)))
+    spans = [
+        (datetime(2026, 2, 20, tzinfo=UTC), datetime(2026, 4, 10, tzinfo=UTC)),
+        (now - timedelta(days=70), now),
+    ]
+    records: list[HourlyAggregate] = []
+    gaps: list[HourlyAggregate] = []
+    for first, last in spans:
+        for loc, _f, _b, _fl, zone in PLACES:
+            hour = first
+            while hour <= last:
+                record = hourly(f"TEMPIOT-{loc}", loc, zone, hour, rng, final=rng.random() < 0.9)
+                (records if rng.random() < 0.85 else gaps).append(record)
+                hour += timedelta(hours=rng.choice((1, 1, 1, 2, 5)))
     live = sinks.start("aggregates")
     send_hours(sinks, records)
     live.wait_records(len(records))
@@ -198,27 +254,27 @@ def test_day_and_month_buckets_from_the_rollups_equal_those_from_the_hours(
     assert materialized(db, "loc_daily", "SELECT count(*) FROM loc_daily")[0][0] > 0
     assert materialized(db, "floor_monthly", "SELECT count(*) FROM floor_monthly")[0][0] > 0
 
-    periods = month_periods(first, 70)
-    used: list[bool] = []
-    real = aggregation._has_rollups
+    # The API's sessions in a zone with DST: the range bounds must not depend on it.
+    url = psycopg.conninfo.make_conninfo(db.url, options="-c TimeZone=America/New_York")
+    settings = stack.model_copy(update={"kafka": kafka, "db": db.model_copy(update={"url": url})})
+    periods = month_periods(spans)
+    assert compare(settings, periods, monkeypatch) > 50, f"seed {seed}"
 
-    async def spy(request: Any, conn: Any) -> bool:
-        used.append(await real(request, conn))
-        return used[-1]
-
-    with api(stack, kafka, db) as client:
-        monkeypatch.setattr(aggregation, "_has_rollups", spy)
-        from_rollups = answers(client, periods)
-        assert used and all(used), "the day and month buckets came from the rollups"
-
-        async def never(request: Any, conn: Any) -> bool:
-            return False
-
-        monkeypatch.setattr(aggregation, "_has_rollups", never)
-        from_hours = answers(client, periods)
-    assert sum(len(a["locations"]) for a in from_hours.values()) > 50
-    for key, expected in from_hours.items():
-        assert from_rollups[key] == expected, f"{key} (seed {seed})"
+    # Changes to materialized days: hours that were missing, and finals for provisional
+    # hours, written by the sink weeks late.  The rollups follow at once.
+    today = now.replace(hour=0)
+    late = [r for r in gaps if r.hour_start < today]
+    finals = [
+        hourly(
+            r.sensor_id, r.loc_id, next(p[4] for p in PLACES if p[0] == r.loc_id), r.hour_start, rng
+        )
+        for r in records
+        if not r.is_final and r.hour_start < today
+    ]
+    assert late and finals
+    send_hours(sinks, late + finals)
+    live.wait_records(len(records) + len(late) + len(finals))
+    assert compare(settings, periods, monkeypatch) > 50, f"seed {seed}"
 
 
 def test_the_sink_refreshes_an_earlier_day_it_writes_at_once(
@@ -226,30 +282,73 @@ def test_the_sink_refreshes_an_earlier_day_it_writes_at_once(
 ) -> None:
     needs_timescaledb(db)
     rng = random.Random(7)
-    day = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0) - timedelta(days=5)
+    # A day of the previous month: its daily and monthly buckets are both complete.
+    this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    day = (this_month - timedelta(days=20)).replace(hour=3)
     live = sinks.start("aggregates")
     first = [
         hourly("TEMPIOT-R001", "R001", ZONES[0], day + timedelta(hours=h), rng) for h in (0, 1)
     ]
     send_hours(sinks, first)
     live.wait_records(2)
-    count = (
-        "SELECT sum(temperature_count) FROM loc_daily WHERE loc_id = 'R001'"
-        f" AND bucket = '{day:%Y-%m-%d}'"
-    )
-    assert materialized(db, "loc_daily", count) == [(sum(temp(r).count for r in first),)]
-    # Another hour of that (materialized) day, five days late: in the rollups at once, not
-    # at the policy's next run (15 minutes).
+    bucket = f"bucket = '{day:%Y-%m-%d}'"
+    ym = f"ym = '{day.astimezone(ZoneInfo(ZONES[0])):%Y%m}'"
+    views = {
+        "loc_daily": "SELECT sum(temperature_count) FROM loc_daily WHERE loc_id = 'R001'"
+        f" AND {bucket}",
+        "loc_monthly": "SELECT sum(temperature_count) FROM loc_monthly WHERE loc_id = 'R001'"
+        f" AND {ym}",
+        "floor_daily": "SELECT sum(temperature_count) FROM floor_daily WHERE factory = 'F1'"
+        f" AND building = 'B1' AND floor = 1 AND {bucket}",
+        "floor_monthly": "SELECT sum(temperature_count) FROM floor_monthly WHERE factory = 'F1'"
+        f" AND building = 'B1' AND floor = 1 AND {ym}",
+    }
+    n = sum(temp(r).count for r in first)
+    for view, statement in views.items():
+        assert materialized(db, view, statement) == [(n,)], view
+    # Another hour of that (materialized) day, weeks late: in every rollup at once, not at
+    # the policy's next run (15 minutes).
     late = hourly("TEMPIOT-R001", "R001", ZONES[0], day + timedelta(hours=5), rng)
     send_hours(sinks, [late])
     live.wait_records(3)
-    total = sum(temp(r).count for r in [*first, late])
-    assert materialized(db, "loc_daily", count) == [(total,)]
-    ym = f"{day.astimezone(ZoneInfo(ZONES[0])):%Y%m}"
-    month = f"SELECT sum(temperature_count) FROM loc_monthly WHERE loc_id = 'R001' AND ym = '{ym}'"
-    if day.astimezone(UTC).month != datetime.now(UTC).month:
-        assert materialized(db, "loc_monthly", month) == [(total,)]
-    assert query(db, month) == [(total,)]
+    total = n + temp(late).count
+    for view, statement in views.items():
+        assert materialized(db, view, statement) == [(total,)], view
+    assert live.metric("iotmon_sink_rows_total") == 3
+
+
+def test_a_failed_refresh_is_left_to_the_policy_never_a_dead_letter(
+    stack: Settings,
+    kafka: KafkaSettings,
+    db: DatabaseSettings,
+    sinks: Sinks,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rows are committed before the refresh: a refresh that fails (another one of the
+    same rollup outlasting the wait, or anything unexpected) is logged, and the batch is
+    neither written again nor dead-lettered."""
+    rng = random.Random(5)
+    day = datetime.now(UTC).replace(hour=4, minute=0, second=0, microsecond=0) - timedelta(days=3)
+    failures = iter(
+        [
+            psycopg.errors.LockNotAvailable("could not refresh: a concurrent refresh"),
+            TypeError("can't compare offset-naive and offset-aware datetimes"),
+        ]
+    )
+
+    def failing(*args: Any, **kwargs: Any) -> list[str]:
+        raise next(failures)
+
+    monkeypatch.setattr(rollups, "refresh", failing)  # what the sink calls
+    live = sinks.start("aggregates")
+    for h in (0, 1):
+        send_hours(sinks, [hourly("TEMPIOT-R003", "R003", ZONES[2], day + timedelta(hours=h), rng)])
+        live.wait_records(h + 1)
+    assert live.metric("iotmon_sink_rows_total") == 2
+    stage = {"stage": "sink.aggregates"}
+    assert live.registry.get_sample_value("iotmon_stage_poison_total", stage) in (None, 0.0)
+    assert query(db, "SELECT count(*) FROM hourly_aggregates") == [(2,)]
+    assert live.thread.is_alive()
 
 
 def test_a_moved_location_moves_its_past_days_between_floors(

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from api.app import create_app
+from iotmon.db import rollups
 from iotmon.db.migrate import migrate
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.masterdata import MasterData, import_master_data
@@ -341,21 +342,33 @@ def test_the_retention_jobs_drop_only_what_is_older_than_kept(
             " VALUES (%s, %s, %s, 20)",
             ("TEMPIOT-R001", now - timedelta(days=days), "R001"),
         )
+    query(
+        db,
+        "INSERT INTO locations (loc_id, factory, building, floor) VALUES ('R001', 'F1', 'B1', 1)",
+    )
     for days in (400, 40, 1):
         at = (now - timedelta(days=days)).replace(minute=0, second=0)
         query(
             db,
-            "INSERT INTO hourly_aggregates (sensor_id, hour_start, loc_id, ymd, hour, is_final)"
-            " VALUES (%s, %s, %s, %s, %s, true)",
+            "INSERT INTO hourly_aggregates (sensor_id, hour_start, loc_id, ymd, hour,"
+            " temperature_count, temperature_sum, temperature_max, humidity_count,"
+            " pcv_temperature_count, is_final) VALUES (%s, %s, %s, %s, %s, 1, 20, 20, 0, 0, true)",
             ("TEMPIOT-R001", at, "R001", f"{at:%Y%m%d}", f"{at:%H}"),
         )
+        query(db, "SELECT refresh_floor_hourly_for(ARRAY['R001'], ARRAY[%s]::timestamptz[])", (at,))
+    rolled = "SELECT count(*) FROM {} WHERE temperature_count > 0"
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(db.db_schema)))
+        rollups.refresh(conn)
+    assert [query(db, rolled.format(v))[0][0] for v in ("loc_daily", "floor_daily")] == [3, 3]
     jobs = query(
         db,
         "SELECT job_id, hypertable_name FROM timescaledb_information.jobs"
         " WHERE hypertable_schema = %s AND proc_name = 'policy_retention'",
         (db.db_schema,),
     )
-    assert {name for _, name in jobs} == {"readings", "hourly_aggregates"}
+    # The floor rollup is kept as long as the hourly rows it sums.
+    assert {name for _, name in jobs} == {"readings", "hourly_aggregates", "floor_hourly"}
     for job_id, _ in jobs:
         query(db, f"CALL run_job({int(job_id)})")
     kept = sorted(
@@ -369,3 +382,13 @@ def test_the_retention_jobs_drop_only_what_is_older_than_kept(
         for r in query(db, "SELECT hour_start FROM hourly_aggregates")
     )
     assert kept_hours == [1, 40]
+    kept_floor_hours = sorted(
+        round((now - r[0]).total_seconds() / 86400)
+        for r in query(db, "SELECT hour_start FROM floor_hourly")
+    )
+    assert kept_floor_hours == [1, 40]
+    # The rollups lose the dropped day at their next refresh, at every level alike.
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(db.db_schema)))
+        rollups.refresh(conn)
+    assert [query(db, rolled.format(v))[0][0] for v in ("loc_daily", "floor_daily")] == [2, 2]
