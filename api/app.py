@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from api import errors
 from api.changes import DataChanges
 from api.latest import LatestStatuses
+from api.limits import BodyLimit
 from api.poison import PoisonRecords
 from api.routers import (
     aggregation,
@@ -94,12 +95,21 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
             await asyncio.wait(tasks)
             await pool.close()
             await asyncio.to_thread(app.state.poison.close)
+            readiness = getattr(app.state, "readiness", None)
+            if readiness is not None:
+                readiness.close()
 
     app = FastAPI(title="iotmon", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = CollectorRegistry()
     app.state.poison = PoisonRecords(settings.kafka, app.state.registry)
     errors.install(app)
+    app.add_middleware(
+        BodyLimit,
+        settings=settings,
+        default=settings.api.max_body_bytes,
+        routes={"/api/v1/location/upload": location.MAX_UPLOAD_REQUEST_BYTES},
+    )
     app.include_router(health.router)
     found = errors.responses(404)
     for router, extra in (
@@ -109,7 +119,7 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
         (realtime.router, {}),
         (alerts.router, {**found, **errors.responses(409)}),
         (subscriptions.router, found),
-        (stream.router, {}),
+        (stream.router, errors.responses(429)),
     ):
         app.include_router(router, prefix="/api/v1", responses={**errors.COMMON, **extra})
     return app

@@ -7,6 +7,7 @@ viewer < operator < admin.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -21,7 +22,8 @@ from iotmon.settings import Settings
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 _RANK = {role: n for n, role in enumerate(ROLES)}
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_CHALLENGE = CHALLENGE
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,14 @@ def decode_jwt(settings: Settings, token: str) -> Caller:
     role = _role_of(claims)
     if role is None:
         raise HTTPException(403, "the token carries no role (viewer, operator or admin)")
-    return Caller(str(claims.get("sub") or f"jwt:{role}"), role)
+    subject = str(claims.get("sub") or f"jwt:{role}")
+    # Names the API gives callers itself, or writes itself for who acted: a token must not
+    # pass for a static token, for no one, or for someone acting on another's behalf.
+    if subject.startswith("token:") or subject == "anonymous" or "(by " in subject:
+        raise HTTPException(
+            401, f"invalid token: the subject {subject[:40]!r} is reserved", _CHALLENGE
+        )
+    return Caller(subject, role)
 
 
 def issue_jwt(settings: Settings, subject: str, role: Role, ttl_s: int) -> str:
@@ -97,20 +106,39 @@ def issue_jwt(settings: Settings, subject: str, role: Role, ttl_s: int) -> str:
     return token
 
 
+def static_token_role(settings: Settings, token: str) -> Role | None:
+    """The role of a static token, compared with every configured token in constant time
+    (no early exit), so that response times tell nothing about how much of one matched."""
+    given = token.encode()
+    found: Role | None = None
+    for known, role in settings.api.tokens.items():
+        if hmac.compare_digest(known.encode(), given):
+            found = role
+    return found
+
+
 def authenticate(request: Request) -> Caller:
     """The caller of this request (ANONYMOUS without a bearer token); 401 for a bad one."""
-    header = request.headers.get("authorization", "")
+    return caller_of(request.app.state.settings, request.headers.get("authorization", ""))
+
+
+def caller_of(settings: Settings, header: str) -> Caller:
+    """The caller an ``Authorization`` header names (ANONYMOUS without a bearer token);
+    401 for a bad one."""
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return ANONYMOUS
-    settings: Settings = request.app.state.settings
-    role = settings.api.tokens.get(token)
+    role = static_token_role(settings, token)
     if role is not None:
         return Caller(f"token:{role}", role)
     if token.count(".") == 2:
         return decode_jwt(settings, token)
     raise HTTPException(401, "unknown token", _CHALLENGE)
+
+
+def has_role(caller: Caller, minimum: Role) -> bool:
+    return caller.role is not None and _RANK[caller.role] >= _RANK[minimum]
 
 
 def require(minimum: Role, *, reads: bool = False) -> Any:
@@ -134,6 +162,10 @@ def require(minimum: Role, *, reads: bool = False) -> Any:
 Conn = Annotated[psycopg.AsyncConnection[Any], Depends(get_conn)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 CanRead = require("viewer", reads=True)
+# Personal data (subscribers and their addresses, the notification log): never anonymous,
+# whatever open_reads says.
+CanReadPrivate = require("viewer")
+Reader = Annotated[Caller, CanRead]
 CanOperate = require("operator")
 CanAdmin = require("admin")
 Operator = Annotated[Caller, CanOperate]

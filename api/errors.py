@@ -33,8 +33,9 @@ _DESCRIPTIONS = {
     403: "the token's role is too low",
     404: "no such resource",
     409: "the change conflicts with the resource's state",
-    413: "the upload is too large",
+    413: "the request body is too large",
     422: "a parameter or the body is invalid; the message names it",
+    429: "this client has its share of live streams open",
     503: "the database or Kafka is unavailable; retry later",
 }
 
@@ -44,9 +45,9 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
-# Every route may answer these: bad body, missing/bad token, too low a role, invalid input,
-# a dependency down.
-COMMON = responses(400, 401, 403, 422, 503)
+# Every route may answer these: bad body, missing/bad token, too low a role, a body over
+# the limit, invalid input, a dependency down.
+COMMON = responses(400, 401, 403, 413, 422, 503)
 
 
 def error_body(status: int, message: str, details: Any = None) -> dict[str, Any]:

@@ -9,6 +9,10 @@ from datetime import date
 from typing import Literal
 
 Bucket = Literal["hour", "day", "month"]
+# The largest ranges one request may ask for (a 422 names them): every bucket is a row of
+# the answer, and a century of hours per location is not a question but a load.
+MAX_HOURLY_DAYS = 92
+MAX_YEARS = 10
 
 
 class PeriodError(ValueError):
@@ -53,10 +57,21 @@ def parse_period(start_date: str, end_date: str) -> Period:
     if last < first:
         raise PeriodError(f"end_date {end_date} is before start_date {start_date}")
     if start_kind == "day":
+        days = (last - first).days + 1
+        if days > MAX_HOURLY_DAYS:
+            raise PeriodError(
+                f"start_date..end_date spans {days} days; hourly buckets cover at most"
+                f" {MAX_HOURLY_DAYS} days (yyyyMM gives daily or monthly buckets)"
+            )
         bucket: Bucket = "hour"
     elif start_kind == "year":
         bucket = "month"
     else:
         months = (last.year - first.year) * 12 + last.month - first.month
         bucket = "month" if months >= 4 else "day"
+    years = last.year - first.year + 1
+    if years > MAX_YEARS:
+        raise PeriodError(
+            f"start_date..end_date spans {years} years; a request covers at most {MAX_YEARS}"
+        )
     return Period(f"{first:%Y%m%d}", f"{last:%Y%m%d}", bucket)

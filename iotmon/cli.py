@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from iotmon import logs
+from iotmon.cli_settings import settings_or_exit
 from iotmon.settings import Settings
 
 app = typer.Typer(
@@ -51,9 +51,7 @@ log = logging.getLogger("iotmon")
 
 
 def _settings() -> Settings:
-    settings = Settings()
-    logs.configure(settings.log)
-    return settings
+    return settings_or_exit()
 
 
 @stack_app.command("up")

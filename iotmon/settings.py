@@ -14,8 +14,16 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 
 def _default_state_dir() -> Path:
@@ -137,6 +145,9 @@ class BridgeSettings(BaseModel):
     metrics_port: int = 9102
 
 
+MIN_JWT_SECRET = 32
+
+
 class ApiSettings(BaseModel):
     """The HTTP API (`iotmon api`)."""
 
@@ -151,7 +162,10 @@ class ApiSettings(BaseModel):
     jwt_secret: SecretStr | None = None
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    stream_max_clients: int = Field(100, ge=1)  # concurrent SSE connections
+    stream_max_clients: int = Field(100, ge=1)  # concurrent SSE connections, in all
+    stream_max_per_client: int = Field(10, ge=1)  # of one client (token subject or address)
+    stream_max_replay: int = Field(10_000, ge=0)  # records a resume goes back, per partition
+    ready_cache_s: float = Field(2.0, ge=0)  # /ready answers shared for this long
     stream_ping_s: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
     stale_after_s: float = Field(300.0, gt=0)  # a realtime measurement older than this is stale
     # A realtime answer is reused until PostgreSQL notifies a change of the data it shows,
@@ -168,6 +182,22 @@ class ApiSettings(BaseModel):
     # aggregates) when the schema has them; false: always from the hourly rows (same answers,
     # slower; the baseline of bench/api_load.py).
     rollups: bool = True
+    # Request bodies over this are refused (413) before they are read; the master-data
+    # upload allows its own limit (5 MiB of CSV).
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # HS256 with a short secret is guessable offline from one token; an empty one made
+        # every bearer token a 500.  Refused at start-up instead.
+        if value is not None and len(value.get_secret_value()) < MIN_JWT_SECRET:
+            raise ValueError(
+                f"the JWT secret must have at least {MIN_JWT_SECRET} characters (it has "
+                f"{len(value.get_secret_value())}); generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))', or unset it"
+            )
+        return value
 
 
 class LogSettings(BaseModel):
@@ -230,3 +260,22 @@ class Settings(BaseSettings):
         if "port" not in self.mqtt.model_fields_set:
             self.mqtt.port = self.stack.mosquitto_port
         return self
+
+
+class SettingsProblem(ValueError):
+    """Settings that cannot work; the message names each setting, never its value."""
+
+
+def load_settings() -> Settings:
+    """The settings of this process, or SettingsProblem saying which setting is wrong and
+    why (without its value: it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = "IOTMON_" + "__".join(str(part).upper() for part in error["loc"])
+            lines.append(f"setting {where}: {error['msg']}")
+        raise SettingsProblem("\n".join(lines)) from None
+    except SettingsError as exc:
+        raise SettingsProblem(f"settings: {exc}") from None

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from iotmon import logs
+from iotmon.cli_settings import settings_or_exit
 from iotmon.settings import Settings
 
 if TYPE_CHECKING:  # the commands import the logic themselves: keeps --help fast
@@ -45,9 +45,7 @@ Last = Annotated[
 
 
 def _settings() -> Settings:
-    settings = Settings()
-    logs.configure(settings.log)
-    return settings
+    return settings_or_exit()
 
 
 def _selection(

@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from iotmon import logs
-from iotmon.settings import KafkaSettings, MqttSettings, Settings
+from iotmon.cli_settings import settings_or_exit
+from iotmon.settings import KafkaSettings, MqttSettings
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
 from producers.simulator import (
@@ -519,8 +519,7 @@ def simulate_command(
     progress: Annotated[bool, typer.Option(help="Show a live progress panel on stderr.")] = True,
 ) -> None:
     """Simulate factory gateways: realistic readings (and chosen faults) through MQTT or Kafka."""
-    settings = Settings()
-    logs.configure(settings.log)
+    settings = settings_or_exit()
     if seed is None:
         seed = int.from_bytes(uuid.uuid4().bytes[:4], "big")
     # Unpaced, a duration says nothing about how much of the schedule gets sent.

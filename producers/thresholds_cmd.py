@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from iotmon import logs
+from iotmon.cli_settings import settings_or_exit
 from iotmon.settings import Settings
 
 thresholds_app = typer.Typer(
@@ -20,9 +20,7 @@ console = Console(stderr=True)
 
 
 def _settings() -> Settings:
-    settings = Settings()
-    logs.configure(settings.log)
-    return settings
+    return settings_or_exit()
 
 
 @thresholds_app.command("import")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CanRead, Conn, Operator
+from api.deps import Caller, Conn, Operator, Reader
 from schemas.common import Metric
 from schemas.master import LOC_ID_PATTERN, SENSOR_ID_PATTERN
 
@@ -85,7 +85,8 @@ class AlertDetail(Alert):
 
 
 class Action(BaseModel):
-    """Who acknowledges or resolves (default: the token's subject) and why."""
+    """Why; and, for an admin acting on behalf of someone, who (recorded as "<who> (by
+    <admin>)").  The one acting is always the token's subject."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -96,6 +97,11 @@ class Action(BaseModel):
 class Count(BaseModel):
     key: str
     count: int
+
+
+AlertT = TypeVar("AlertT", bound=Alert)
+# Who acted on an alert, and their notes: personal data, not shown without a token.
+ANONYMOUS_FIELDS_HIDDEN = ("acknowledged_by", "ack_note", "resolved_by", "resolve_note")
 
 
 class AlertStats(BaseModel):
@@ -187,17 +193,27 @@ async def _alerts(
         return [Alert.model_validate(r) for r in await cur.fetchall()]
 
 
-@router.get("/", dependencies=[CanRead])
+def _for(caller: Caller, alert: AlertT) -> AlertT:
+    """What ``caller`` may see of an alert: without a token (open reads), not who
+    acknowledged or resolved it nor their notes (personal data)."""
+    if caller.role is not None:
+        return alert
+    return alert.model_copy(update=dict.fromkeys(ANONYMOUS_FIELDS_HIDDEN))
+
+
+@router.get("/")
 async def list_alerts(
-    conn: Conn, filters: Filters, skip: Skip = 0, limit: Limit = 100
+    caller: Reader, conn: Conn, filters: Filters, skip: Skip = 0, limit: Limit = 100
 ) -> list[Alert]:
     """Alerts matching every given filter, newest first."""
     where, params = filters
-    return await _alerts(conn, where, params, skip, limit)
+    return [_for(caller, a) for a in await _alerts(conn, where, params, skip, limit)]
 
 
-@router.get("/today", dependencies=[CanRead])
-async def today(conn: Conn, filters: Filters, skip: Skip = 0, limit: Limit = 1000) -> list[Alert]:
+@router.get("/today")
+async def today(
+    caller: Reader, conn: Conn, filters: Filters, skip: Skip = 0, limit: Limit = 1000
+) -> list[Alert]:
     """Alerts raised today, where "today" is the local day of each alert's factory (its
     location's time zone), newest first."""
     where, params = filters
@@ -205,12 +221,15 @@ async def today(conn: Conn, filters: Filters, skip: Skip = 0, limit: Limit = 100
         "(a.alert_time AT TIME ZONE coalesce(l.timezone, 'Asia/Seoul'))::date"
         " = (now() AT TIME ZONE coalesce(l.timezone, 'Asia/Seoul'))::date"
     )
-    return await _alerts(conn, sql.SQL("{} AND {}").format(where, local_today), params, skip, limit)
+    found = await _alerts(
+        conn, sql.SQL("{} AND {}").format(where, local_today), params, skip, limit
+    )
+    return [_for(caller, a) for a in found]
 
 
-@router.get("/stats", dependencies=[CanRead])
+@router.get("/stats")
 async def stats(
-    conn: Conn, filters: Filters, top: Annotated[int, Query(ge=1, le=1000)] = 50
+    caller: Reader, conn: Conn, filters: Filters, top: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> AlertStats:
     """Counts by level, location (the ``top`` busiest) and local day; mean times from raise to
     acknowledgement and to resolution (over the alerts that have them)."""
@@ -276,8 +295,8 @@ async def _one(conn: Conn, alert_id: UUID) -> Alert:
     return Alert.model_validate(row)
 
 
-@router.get("/{alert_id}", dependencies=[CanRead])
-async def one(conn: Conn, alert_id: UUID) -> AlertDetail:
+@router.get("/{alert_id}")
+async def one(caller: Reader, conn: Conn, alert_id: UUID) -> AlertDetail:
     """The alert with its events (raised, escalated, de-escalated, resolved) in order."""
     alert = await _one(conn, alert_id)
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -289,12 +308,23 @@ async def one(conn: Conn, alert_id: UUID) -> AlertDetail:
             (alert_id,),
         )
         events = [AlertEventOut.model_validate(r) for r in await cur.fetchall()]
-    return AlertDetail(**alert.model_dump(), events=events)
+    return _for(caller, AlertDetail(**alert.model_dump(), events=events))
+
+
+def acting(caller: Caller, body: Action) -> str:
+    """Who is recorded as acting: the token's subject.  Only an admin may act on behalf of
+    someone else (``who``), recorded as such; an operator naming anyone else is refused."""
+    if body.who is None or body.who == caller.name:
+        return caller.name
+    if caller.role != "admin":
+        raise HTTPException(403, "only an admin may act on behalf of someone else; leave out 'who'")
+    return f"{body.who} (by {caller.name})"
 
 
 @router.post("/{alert_id}/ack")
-async def acknowledge(conn: Conn, caller: Operator, alert_id: UUID, body: Action) -> Alert:
+async def acknowledge(caller: Operator, conn: Conn, alert_id: UUID, body: Action) -> Alert:
     """Acknowledge (once: a second acknowledgement is a 409 naming the first)."""
+    who = acting(caller, body)
     alert = await _one(conn, alert_id)
     if alert.acknowledged_at is not None:
         raise HTTPException(
@@ -305,16 +335,17 @@ async def acknowledge(conn: Conn, caller: Operator, alert_id: UUID, body: Action
     await conn.execute(
         "UPDATE alerts SET acknowledged_at = now(), acknowledged_by = %s, ack_note = %s"
         " WHERE alert_id = %s AND acknowledged_at IS NULL",
-        (body.who or caller.name, body.note, alert_id),
+        (who, body.note, alert_id),
     )
     await conn.commit()
     return await _one(conn, alert_id)
 
 
 @router.post("/{alert_id}/resolve")
-async def resolve(conn: Conn, caller: Operator, alert_id: UUID, body: Action) -> Alert:
+async def resolve(caller: Operator, conn: Conn, alert_id: UUID, body: Action) -> Alert:
     """Close an active alert by hand; it stays resolved whatever the workers report later
     (a condition that persists raises a new alert once it has cleared and returned)."""
+    who = acting(caller, body)
     alert = await _one(conn, alert_id)
     if alert.state == "resolved":
         raise HTTPException(
@@ -325,7 +356,7 @@ async def resolve(conn: Conn, caller: Operator, alert_id: UUID, body: Action) ->
     await conn.execute(
         "UPDATE alerts SET state = 'resolved', resolved_at = now(), resolved_by = %s,"
         " resolve_note = %s WHERE alert_id = %s AND state = 'active'",
-        (body.who or caller.name, body.note, alert_id),
+        (who, body.note, alert_id),
     )
     await conn.commit()
     return await _one(conn, alert_id)

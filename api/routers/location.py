@@ -39,6 +39,9 @@ _SELECT = sql.SQL(
 )
 _MAX_BATCH = 200
 _MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+# The whole multipart request of an upload (the file and its envelope), enforced before it
+# is read (api/limits.py).
+MAX_UPLOAD_REQUEST_BYTES = _MAX_UPLOAD_BYTES + 64 * 1024
 _CSV_COLUMNS = {*Location.model_fields, "sensor_id", "name"}
 
 

@@ -11,9 +11,14 @@ Each connection reads the topic with its own consumer (no consumer group, nothin
 Every event's ``id`` is the connection's position in the topic: ``<partition>:<next
 offset>`` for every partition.  A client that reconnects with that id in ``Last-Event-ID``
 (or ``?last_event_id=``, for clients that cannot set headers) resumes exactly after it and
-misses nothing the topic still retains; offsets older than the retention start at the oldest
-record kept.  The first event, ``ready``, carries the starting position, so that a client
-has a resume point before anything happened.
+misses nothing the topic still retains, up to ``api.stream_max_replay`` records back per
+partition (an older or made-up id starts there; partitions the id does not name, likewise).
+The first event, ``ready``, carries the starting position, so that a client has a resume
+point before anything happened, and ``replay_cut: true`` when the resume was cut short.
+
+Every client (a token's subject, or else the peer's address) may hold
+``api.stream_max_per_client`` streams (429 beyond), and the API ``api.stream_max_clients``
+in all (503 beyond).
 
 A record a stream cannot render (not a status or alert event, or anything else that fails
 on it) is skipped, counted and dead-lettered (:mod:`api.poison`); the stream goes on.  The
@@ -23,6 +28,7 @@ database failing while a record is rendered ends the stream, and the client resu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -41,7 +47,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import AppSettings, CanRead
+from api.deps import AppSettings, Caller, Reader
 from api.poison import PoisonRecords
 from api.routers.realtime import decimal_text
 from iotmon.settings import Settings
@@ -55,7 +61,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/stream", tags=["live"])
 
-_POSITION = re.compile(r"^\d{1,5}:\d{1,19}(,\d{1,5}:\d{1,19}){0,999}$")
+# Offsets of at most 18 digits: always below 2**63, what Kafka can be asked for.
+_POSITION = re.compile(r"^\d{1,5}:\d{1,18}(,\d{1,5}:\d{1,18}){0,999}$")
 
 
 def parse_position(raw: str | None) -> dict[int, int] | None:
@@ -127,12 +134,14 @@ class _Tail:
         name: str,
         topic_id: TopicId,
         poison: PoisonRecords,
+        truncated: bool = False,
     ) -> None:
         self.consumer = consumer
         self.position = position
         self.name = name
         self.topic_id = topic_id
         self.poison = poison
+        self.truncated = truncated
 
     @classmethod
     async def open(
@@ -141,6 +150,7 @@ class _Tail:
         topic: TopicId,
         start: dict[int, int] | None,
         poison: PoisonRecords,
+        max_replay: int,
     ) -> _Tail:
         name = topic_name(topic, settings.kafka.topic_prefix)
         consumer = AIOKafkaConsumer(
@@ -163,14 +173,26 @@ class _Tail:
                     raise HTTPException(503, f"no partitions of {name} were assigned")
                 await asyncio.sleep(0.05)
             tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+            truncated = False
             if start is None:
                 await consumer.seek_to_end(*tps)
             else:
+                ends = await consumer.end_offsets(tps)
                 for tp in tps:
-                    if tp.partition in start:
-                        consumer.seek(tp, start[tp.partition])
-                    else:  # a partition the client never saw: from its oldest record
-                        await consumer.seek_to_beginning(tp)
+                    # A client resumes at most max_replay records back per partition (an
+                    # old or made-up id would replay the whole topic); the ready event
+                    # says when it was cut.
+                    wanted = start.get(tp.partition, 0)
+                    earliest = max(0, ends[tp] - max_replay)
+                    if wanted < earliest:
+                        truncated = True
+                        wanted = earliest
+                    elif wanted > ends[tp]:
+                        # Past the end (no such event): from the end, not (as Kafka's
+                        # reset would have it) from the oldest record.
+                        truncated = True
+                        wanted = ends[tp]
+                    consumer.seek(tp, wanted)
             position = {tp.partition: await consumer.position(tp) for tp in tps}
         except HTTPException:
             await consumer.stop()
@@ -178,14 +200,14 @@ class _Tail:
         except KafkaError as exc:
             await consumer.stop()
             raise HTTPException(503, f"Kafka is unavailable: {exc}", {"Retry-After": "5"}) from None
-        return cls(consumer, position, name, topic, poison)
+        return cls(consumer, position, name, topic, poison, truncated)
 
     async def events(self, render: Callable[[bytes], Any]) -> AsyncIterator[ServerSentEvent]:
         """``ready`` with the starting position, then every rendered record, forever."""
         position = self.position
         try:
             yield ServerSentEvent(
-                data=orjson.dumps({"topic": self.name}).decode(),
+                data=orjson.dumps({"topic": self.name, "replay_cut": self.truncated}).decode(),
                 event="ready",
                 id=format_position(position),
             )
@@ -229,16 +251,48 @@ def _decode(model: type[M], raw: bytes) -> M:
 
 
 class _Clients:
-    """Counts open streams so that one deployment's limit holds (503 beyond it)."""
+    """Counts open streams, in all and per client, so that one deployment's limit holds
+    (503 beyond it) and no one client takes every slot (429 beyond its share)."""
 
     def __init__(self) -> None:
         self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    def take(self, client: str) -> None:
+        self.open += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
+
+    def give_back(self, client: str) -> None:
+        self.open -= 1
+        left = self.by_client[client] - 1
+        if left:
+            self.by_client[client] = left
+        else:
+            del self.by_client[client]
 
 
-def _admit(request: Request, settings: Settings) -> _Clients:
+def client_of(request: Request, caller: Caller) -> str:
+    """Who a stream is counted against: the bearer token itself (a static token is shared
+    by its role's holders, and a JWT names its subject), else the peer's address (as
+    uvicorn reports it: behind a proxy, see FORWARDED_ALLOW_IPS in docs/api.md)."""
+    if caller.role is not None:
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    return f"address:{request.client.host if request.client else 'unknown'}"
+
+
+def _admit(request: Request, settings: Settings, client: str) -> _Clients:
     clients: _Clients | None = getattr(request.app.state, "stream_clients", None)
     if clients is None:
         clients = request.app.state.stream_clients = _Clients()
+    mine = clients.by_client.get(client, 0)
+    if mine >= settings.api.stream_max_per_client:
+        raise HTTPException(
+            429,
+            f"this client has {mine} live streams open (the limit per client); close one"
+            " or retry later",
+            {"Retry-After": "10"},
+        )
     if clients.open >= settings.api.stream_max_clients:
         raise HTTPException(
             503,
@@ -251,17 +305,21 @@ def _admit(request: Request, settings: Settings) -> _Clients:
 async def _respond(
     request: Request,
     settings: Settings,
+    caller: Caller,
     topic: TopicId,
     last_event_id: str | None,
     render: Callable[[bytes], Any],
 ) -> EventSourceResponse:
     start = parse_position(last_event_id)
-    clients = _admit(request, settings)
-    clients.open += 1
+    client = client_of(request, caller)
+    clients = _admit(request, settings, client)
+    clients.take(client)
     try:
-        tail = await _Tail.open(settings, topic, start, request.app.state.poison)
+        tail = await _Tail.open(
+            settings, topic, start, request.app.state.poison, settings.api.stream_max_replay
+        )
     except BaseException:
-        clients.open -= 1
+        clients.give_back(client)
         raise
 
     closed = False
@@ -272,7 +330,7 @@ async def _respond(
         nonlocal closed
         if not closed:
             closed = True
-            clients.open -= 1
+            clients.give_back(client)
             await tail.consumer.stop()
 
     async def events() -> AsyncIterator[ServerSentEvent]:
@@ -300,11 +358,11 @@ LastEventIdQuery = Annotated[
 
 @router.get(
     "/realtime",
-    dependencies=[CanRead],
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def realtime(
+    caller: Reader,
     request: Request,
     settings: AppSettings,
     factory: Text = None,
@@ -346,16 +404,18 @@ async def realtime(
             "stale": age > stale_after,
         }
 
-    return await _respond(request, settings, "latest", last_event_id or last_event_id_query, render)
+    return await _respond(
+        request, settings, caller, "latest", last_event_id or last_event_id_query, render
+    )
 
 
 @router.get(
     "/alerts",
-    dependencies=[CanRead],
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def alerts(
+    caller: Reader,
     request: Request,
     settings: AppSettings,
     sensor_id: Annotated[str | None, Query(pattern=SENSOR_ID_PATTERN)] = None,
@@ -389,4 +449,6 @@ async def alerts(
                 return None
         return "alert", {**event.model_dump(mode="json"), "factory": place and place["factory"]}
 
-    return await _respond(request, settings, "alerts", last_event_id or last_event_id_query, render)
+    return await _respond(
+        request, settings, caller, "alerts", last_event_id or last_event_id_query, render
+    )

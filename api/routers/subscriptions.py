@@ -4,6 +4,8 @@
 A subscription's scope fields (plant, factory, building, floor, area, sensor_id) and its
 ``threshold_type`` are NULL for "any" (the original never matched a NULL threshold type;
 here it matches every metric).  ``min_level`` is on the one status scale warning < critical.
+Both hold personal data (who is notified, at which address or webhook URL): reading them
+needs a viewer token even where other reads are open.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from api.deps import CanOperate, CanRead, Conn
+from api.deps import CanOperate, CanReadPrivate, Conn
 from api.filters import equal
 from schemas.common import Metric
 from schemas.master import SENSOR_ID_PATTERN
@@ -143,7 +145,7 @@ async def _write(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> Sub
     return Subscription.model_validate(row)
 
 
-@router.get("/subscriptions/", dependencies=[CanRead])
+@router.get("/subscriptions/", dependencies=[CanReadPrivate])
 async def list_subscriptions(
     conn: Conn,
     skip: Skip = 0,
@@ -172,7 +174,7 @@ async def list_subscriptions(
         return [Subscription.model_validate(r) for r in await cur.fetchall()]
 
 
-@router.get("/subscriptions/{subscription_id}", dependencies=[CanRead])
+@router.get("/subscriptions/{subscription_id}", dependencies=[CanReadPrivate])
 async def get_subscription(conn: Conn, subscription_id: SubscriptionId) -> Subscription:
     return await _get(conn, subscription_id)
 
@@ -248,7 +250,7 @@ async def delete_subscription(conn: Conn, subscription_id: SubscriptionId) -> Su
     return current
 
 
-@router.get("/notifications/", dependencies=[CanRead])
+@router.get("/notifications/", dependencies=[CanReadPrivate])
 async def notifications(
     conn: Conn,
     skip: Skip = 0,

@@ -19,7 +19,7 @@ from producers.masterdata import import_master_data, load_file
 from schemas.alerts import AlertEvent, AlertKind, AlertTransition
 from schemas.common import Status
 from stream_apps.sinks.alerts import AlertsWriter
-from tests.api_support import OPERATOR, VIEWER, api_settings
+from tests.api_support import ADMIN, OPERATOR, VIEWER, api_settings
 
 pytestmark = pytest.mark.integration
 
@@ -215,38 +215,51 @@ def test_acknowledge(client: TestClient, db: DatabaseSettings) -> None:
     url = f"/api/v1/alerts/{A}/ack"
     assert client.post(url, json={"note": "on it"}).status_code == 401
     assert client.post(url, json={"note": "on it"}, headers=VIEWER).status_code == 403
-    r = client.post(url, json={"who": "kim", "note": "on it"}, headers=OPERATOR)
+    # Who acted comes from the token: an operator cannot record someone else.
+    named = client.post(url, json={"who": "kim", "note": "on it"}, headers=OPERATOR)
+    assert named.status_code == 403 and "admin" in named.json()["error"]["message"]
+    assert client.get(f"/api/v1/alerts/{A}", headers=VIEWER).json()["acknowledged_at"] is None
+    # An admin may act on behalf of someone, recorded as such.
+    r = client.post(url, json={"who": "kim", "note": "on it"}, headers=ADMIN)
     assert r.status_code == 200, r.text
     acked = r.json()
-    assert acked["acknowledged_by"] == "kim" and acked["ack_note"] == "on it"
+    assert acked["acknowledged_by"] == "kim (by token:admin)" and acked["ack_note"] == "on it"
     assert acked["acknowledged_at"] is not None
     assert acked["updated_at"] == before["updated_at"]  # the sink orders by it
     again = client.post(url, json={}, headers=OPERATOR)
     assert again.status_code == 409 and "kim" in again.json()["error"]["message"]
-    # The token's name is the default "who".
-    r = client.post(f"/api/v1/alerts/{D}/ack", json={}, headers=OPERATOR)
+    # An operator's acknowledgement records the operator.
+    r = client.post(f"/api/v1/alerts/{D}/ack", json={"note": "mine"}, headers=OPERATOR)
     assert r.json()["acknowledged_by"] == "token:operator"
+    # Without a token (open reads) the names and notes are not shown.
+    anonymous = client.get(f"/api/v1/alerts/{D}").json()
+    assert anonymous["acknowledged_at"] is not None
+    assert (anonymous["acknowledged_by"], anonymous["ack_note"]) == (None, None)
+    listed = {a["alert_id"]: a for a in client.get("/api/v1/alerts/").json()}
+    assert listed[str(A)]["acknowledged_by"] is None and listed[str(A)]["ack_note"] is None
+    shown = {a["alert_id"]: a for a in client.get("/api/v1/alerts/", headers=VIEWER).json()}
+    assert shown[str(A)]["acknowledged_by"] == "kim (by token:admin)"
     assert ids(client.get("/api/v1/alerts/", params={"acknowledged": "false"})) == [
         i for i in ids(client.get("/api/v1/alerts/")) if i not in (str(A), str(D))
     ]
     # A later event from the workers keeps the acknowledgement.
     sink(db, [event(A, AlertTransition.DEESCALATED, NOW, value="31.20")])
-    after = client.get(f"/api/v1/alerts/{A}").json()
-    assert after["alert_level"] == "warning" and after["acknowledged_by"] == "kim"
+    after = client.get(f"/api/v1/alerts/{A}", headers=VIEWER).json()
+    assert after["alert_level"] == "warning" and after["acknowledged_by"] == "kim (by token:admin)"
     assert client.post(f"/api/v1/alerts/{uuid4()}/ack", json={}, headers=OPERATOR).status_code == (
         404
     )
-    extra = client.post(url, json={"who": "kim", "by": "x"}, headers=OPERATOR)
+    extra = client.post(url, json={"who": "kim", "by": "x"}, headers=ADMIN)
     assert extra.status_code == 422
 
 
 def test_manual_resolution_survives_later_events(client: TestClient, db: DatabaseSettings) -> None:
     url = f"/api/v1/alerts/{A}/resolve"
     assert client.post(url, json={}).status_code == 401
-    r = client.post(url, json={"who": "lee", "note": "fan replaced"}, headers=OPERATOR)
+    r = client.post(url, json={"note": "fan replaced"}, headers=OPERATOR)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["state"] == "resolved" and body["resolved_by"] == "lee"
+    assert body["state"] == "resolved" and body["resolved_by"] == "token:operator"
     assert body["resolve_note"] == "fan replaced"
     assert client.post(url, json={}, headers=OPERATOR).status_code == 409
     assert client.post(f"/api/v1/alerts/{B}/resolve", json={}, headers=OPERATOR).status_code == 409
@@ -258,14 +271,21 @@ def test_manual_resolution_survives_later_events(client: TestClient, db: Databas
             event(A, AlertTransition.RESOLVED, NOW + timedelta(minutes=5)),
         ],
     )
-    after = client.get(f"/api/v1/alerts/{A}").json()
-    assert after["state"] == "resolved" and after["resolved_by"] == "lee"
+    after = client.get(f"/api/v1/alerts/{A}", headers=VIEWER).json()
+    assert after["state"] == "resolved" and after["resolved_by"] == "token:operator"
+    # Without a token, who resolved it and why are not shown, on any list.
+    for url in (f"/api/v1/alerts/{A}", "/api/v1/alerts/", "/api/v1/alerts/today"):
+        found = client.get(url).json()
+        for alert in found if isinstance(found, list) else [found]:
+            assert alert["resolved_by"] is None and alert["resolve_note"] is None, url
+            assert alert["acknowledged_by"] is None and alert["ack_note"] is None, url
+    assert any(a["alert_id"] == str(A) for a in client.get("/api/v1/alerts/").json())
     assert after["resolved_at"] == body["resolved_at"]
     assert [e["transition"] for e in after["events"]][-1] == "resolved"
 
 
 def test_stats(client: TestClient) -> None:
-    client.post(f"/api/v1/alerts/{A}/ack", json={"who": "kim"}, headers=OPERATOR)
+    client.post(f"/api/v1/alerts/{A}/ack", json={}, headers=OPERATOR)
     r = client.get("/api/v1/alerts/stats")
     assert r.status_code == 200, r.text
     s = r.json()

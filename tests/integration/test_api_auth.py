@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -11,7 +15,7 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.deps import issue_jwt
-from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
+from iotmon.settings import ApiSettings, DatabaseSettings, KafkaSettings, Settings
 from tests.api_support import api_settings
 
 pytestmark = pytest.mark.integration
@@ -55,6 +59,13 @@ def test_jwt_roles(settings: Settings) -> None:
             ),
             (signed({"sub": "x", "role": "admin", "iss": "someone-else"}), 401, "invalid"),
             (signed({"sub": "x", "role": "root", "iss": "iotmon-test"}), 403, "role"),
+            # Names the API gives or writes itself cannot come from a token.
+            (
+                signed({"sub": "token:admin", "role": "admin", "iss": "iotmon-test"}),
+                401,
+                "reserved",
+            ),
+            (signed({"sub": "kim (by x)", "role": "admin", "iss": "iotmon-test"}), 401, "reserved"),
             (
                 jwt.encode({"sub": "x", "role": "admin", "iss": "iotmon-test"}, SECRET, "HS256"),
                 401,
@@ -78,7 +89,7 @@ def test_jwt_roles(settings: Settings) -> None:
             if status == 401:
                 assert r.headers["www-authenticate"] == "Bearer"
         # The JWT's subject is who acknowledged (see alerts tests for the static token).
-        assert len(client.get(URL).json()) == 2
+        assert len(client.get(URL, headers=bearer("view")).json()) == 2
 
 
 def test_static_tokens_and_protected_reads(settings: Settings) -> None:
@@ -108,3 +119,25 @@ def test_without_a_secret_jwts_are_refused(
         token = signed({"sub": "x", "role": "admin"})
         r = client.post(URL, json=SUB, headers=bearer(token))
         assert r.status_code == 401
+
+
+@pytest.mark.parametrize("secret", ["", "short", "x" * 31])
+def test_a_short_jwt_secret_stops_the_api_with_a_clear_message(secret: str) -> None:
+    """Refused at start-up, by name, without printing the value (it may be a secret)."""
+    env = {**os.environ, "IOTMON_API__JWT_SECRET": secret}
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("iotmon")), "api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "IOTMON_API__JWT_SECRET" in run.stderr and "at least 32" in run.stderr
+    assert "Traceback" not in run.stderr
+    if secret:
+        assert secret not in run.stderr
+    with pytest.raises(ValueError, match="at least 32"):
+        ApiSettings(jwt_secret=SecretStr(secret))
+    assert ApiSettings(jwt_secret=SecretStr("y" * 32)).jwt_secret is not None

@@ -18,7 +18,7 @@ from api.app import create_app
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from producers.masterdata import import_master_data, load_file
 from producers.thresholds import import_thresholds, load_thresholds_file
-from tests.api_support import ADMIN, api_settings
+from tests.api_support import ADMIN, VIEWER, api_settings
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def counts(db: DatabaseSettings) -> dict[str, int]:
 def client(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings) -> Iterator[TestClient]:
     import_master_data(db, kafka, load_file(EXAMPLES / "locations.csv"))
     import_thresholds(db, kafka, load_thresholds_file(EXAMPLES / "thresholds.yaml"))
-    with TestClient(create_app(api_settings(stack, kafka, db))) as c:
+    with TestClient(create_app(api_settings(stack, kafka, db)), headers=VIEWER) as c:
         c.post(
             "/api/v1/subscriptions/",
             json={"subscriber": "kim", "notify_type": "app", "notify_id": "d1"},

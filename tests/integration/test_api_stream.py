@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -211,3 +212,71 @@ def test_stream_limit(stack: Settings, kafka: KafkaSettings, db: DatabaseSetting
                     break
             assert time.monotonic() < deadline, "the closed stream's place was never freed"
             time.sleep(0.2)
+
+
+def test_one_client_cannot_take_every_stream(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
+) -> None:
+    """A client over its share (here 3 of 10) gets 429 while another client still connects;
+    an anonymous client is counted by its address, one with a token by its subject."""
+    settings = api_settings(stack, kafka, db, stream_max_clients=10, stream_max_per_client=3)
+    readers: list[Sse] = []  # kept: dropping a reader would close its connection
+    with (
+        live_server(settings) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        ExitStack() as held,
+    ):
+        for _ in range(3):
+            response = held.enter_context(client.stream("GET", "/api/v1/stream/alerts"))
+            assert response.status_code == 200
+            readers.append(Sse(response))
+            assert readers[-1].next()["event"] == "ready"
+        fourth = httpx.get(url + "/api/v1/stream/alerts", timeout=10)
+        assert fourth.status_code == 429, fourth.text
+        assert "per client" in fourth.json()["error"]["message"]
+        # Another client (a viewer token) still gets a stream.
+        with client.stream(
+            "GET", "/api/v1/stream/alerts", headers={"Authorization": "Bearer view"}
+        ) as other:
+            assert other.status_code == 200
+            assert Sse(other).next()["event"] == "ready"
+
+
+def test_a_resume_goes_back_at_most_the_replay_window(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
+) -> None:
+    import_master_data(db, kafka, load_file(EXAMPLES / "locations.csv"))
+    settings = api_settings(stack, kafka, db, stream_max_replay=2)
+    sent = [alert("TEMPIOT-A011", f"31.{n}", n) for n in range(6)]  # one key: one partition
+    publish_keyed(kafka, "alerts", ((e.sensor_id, e) for e in sent))
+    with live_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        # "From the start of every partition" (or an id made up to replay the whole topic).
+        partitions = ",".join(f"{p}:0" for p in range(kafka.default_partitions))
+        with client.stream(
+            "GET", "/api/v1/stream/alerts", headers={"Last-Event-ID": partitions}
+        ) as response:
+            events = Sse(response)
+            ready = events.next()
+            assert orjson.loads(ready["data"])["replay_cut"] is True
+            got = [events.next() for _ in range(2)]
+        replayed = [orjson.loads(e["data"])["event_id"] for e in got]
+        assert replayed == [str(e.event_id) for e in sent[-2:]]
+        end = got[-1]["id"]  # every partition at its end
+        # An id past the end (no such event) starts at the end, not the oldest record.
+        future = ",".join(f"{p}:999999999" for p in range(kafka.default_partitions))
+        with client.stream(
+            "GET", "/api/v1/stream/alerts", headers={"Last-Event-ID": future}
+        ) as response:
+            events = Sse(response)
+            ahead = events.next()
+            assert orjson.loads(ahead["data"])["replay_cut"] is True
+            assert ahead["id"] == end
+            newer = alert("TEMPIOT-A011", "31.9", 9)
+            publish_keyed(kafka, "alerts", [(newer.sensor_id, newer)])
+            assert orjson.loads(events.next()["data"])["event_id"] == str(newer.event_id)
+        # A resume inside the window (one record behind) is not cut.
+        start = end
+        with client.stream(
+            "GET", "/api/v1/stream/alerts", headers={"Last-Event-ID": start}
+        ) as response:
+            assert orjson.loads(Sse(response).next()["data"])["replay_cut"] is False

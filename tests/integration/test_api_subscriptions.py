@@ -16,6 +16,7 @@ from tests.api_support import OPERATOR, VIEWER, api_settings
 pytestmark = pytest.mark.integration
 
 URL = "/api/v1/subscriptions/"
+NO_TOKEN = {"Authorization": ""}  # over the client's default viewer token
 BODY = {
     "factory": "SinPyeong",
     "building": "MX-1",
@@ -27,12 +28,13 @@ BODY = {
 
 @pytest.fixture
 def client(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings(stack, kafka, db))) as c:
+    # Subscriptions and the notification log are personal data: read with a viewer token.
+    with TestClient(create_app(api_settings(stack, kafka, db)), headers=VIEWER) as c:
         yield c
 
 
 def test_create_read_update_delete(client: TestClient) -> None:
-    assert client.post(URL, json=BODY).status_code == 401
+    assert client.post(URL, json=BODY, headers=NO_TOKEN).status_code == 401
     assert client.post(URL, json=BODY, headers=VIEWER).status_code == 403
     r = client.post(URL, json=BODY, headers=OPERATOR)
     assert r.status_code == 201, r.text
@@ -65,9 +67,9 @@ def test_create_read_update_delete(client: TestClient) -> None:
     assert client.post(f"{URL}{sid}/disable", headers=OPERATOR).json()["enabled"] is False
     assert client.get(URL, params={"enabled": True}).json() == []
     assert client.post(f"{URL}{sid}/enable", headers=OPERATOR).json()["enabled"] is True
-    assert client.post(f"{URL}{sid}/disable").status_code == 401
+    assert client.post(f"{URL}{sid}/disable", headers=NO_TOKEN).status_code == 401
 
-    assert client.delete(f"{URL}{sid}").status_code == 401
+    assert client.delete(f"{URL}{sid}", headers=NO_TOKEN).status_code == 401
     assert client.delete(f"{URL}{sid}", headers=OPERATOR).json()["subscription_id"] == sid
     assert client.get(f"{URL}{sid}").status_code == 404
     assert client.put(f"{URL}{sid}", json={}, headers=OPERATOR).status_code == 404
@@ -140,3 +142,21 @@ def test_notification_log(client: TestClient, db: DatabaseSettings) -> None:
     # Deleting a subscription deletes its log.
     client.delete(f"{URL}{sid}", headers=OPERATOR)
     assert client.get("/api/v1/notifications/").json() == []
+
+
+def test_personal_data_is_never_readable_without_a_token(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings
+) -> None:
+    settings = api_settings(stack, kafka, db)
+    assert settings.api.open_reads  # other reads are open
+    with TestClient(create_app(settings)) as anonymous:
+        created = anonymous.post(URL, json=BODY, headers=OPERATOR)
+        assert created.status_code == 201, created.text
+        sid = created.json()["subscription_id"]
+        for path in (URL, f"{URL}{sid}", "/api/v1/notifications/"):
+            r = anonymous.get(path)
+            assert r.status_code == 401, (path, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert BODY["notify_id"] not in r.text
+            assert anonymous.get(path, headers=VIEWER).status_code == 200
+        assert anonymous.get("/api/v1/thresholds/").status_code == 200

@@ -16,6 +16,8 @@ pytestmark = pytest.mark.unit
         ("202401", "202405", Period("20240101", "20240531", "month")),
         ("20240922", "20240923", Period("20240922", "20240923", "hour")),
         ("202402", "202402", Period("20240201", "20240229", "day")),
+        ("20240101", "20240401", Period("20240101", "20240401", "hour")),  # 92 days
+        ("2015", "2024", Period("20150101", "20241231", "month")),  # 10 years
     ],
 )
 def test_the_original_bucket_rules(start: str, end: str, expected: Period) -> None:
@@ -32,6 +34,10 @@ def test_the_original_bucket_rules(start: str, end: str, expected: Period) -> No
         ("202403", "202401", "before"),
         ("2024", "202401", "same form"),
         ("1999", "1999", "outside"),
+        ("20000101", "21001231", "hourly buckets cover at most 92 days"),
+        ("20240101", "20240402", "spans 93 days"),
+        ("2000", "2100", "at most 10"),
+        ("200001", "201012", "spans 11 years"),
     ],
 )
 def test_bad_dates_name_the_parameter(start: str, end: str, names: str) -> None:
