@@ -329,7 +329,8 @@ _register_simulate()
 
 @app.command("demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo_cmd(ctx: typer.Context) -> None:
-    """Bridge and ingest in the background, the gateway simulator in front.
+    """The whole pipeline in the background (bridge, ingest, worker, sinks, API), the gateway
+    simulator in front.
 
     Extra options go to `iotmon simulate`, e.g. `iotmon demo --duration 60 --heat-wave`.
     """

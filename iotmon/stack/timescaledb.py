@@ -92,12 +92,15 @@ class Server:
     def can_build(self) -> str | None:
         """What is missing to build an extension for this server (None: nothing)."""
         missing = [tool for tool in ("cmake", "make", "cc") if shutil.which(tool) is None]
-        includes = subprocess.run(
-            [str(self.pg_config), "--includedir-server"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        try:
+            includes = subprocess.run(
+                [str(self.pg_config), "--includedir-server"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        except OSError:  # no pg_config at all
+            includes = ""
         if not includes or not (Path(includes) / "postgres.h").exists():
             missing.append(f"postgresql-server-dev-{self.major}")
         return ", ".join(missing) or None
@@ -182,10 +185,10 @@ def build(tarball: Path, server: Server, cache_dir: Path) -> Path:
     if done_marker.exists():
         log.info("TimescaleDB %s for PostgreSQL %d: cached in %s", version, server.major, stage)
         return stage
+    _check(tarball, version)
     missing = server.can_build()
     if missing:
         raise StackError(f"cannot build TimescaleDB: missing {missing} (run `make system-deps`)")
-    _check(tarball, version)
     shutil.rmtree(stage, ignore_errors=True)
     stage.parent.mkdir(parents=True, exist_ok=True)
     log_file = stage.parent / f"build-{version}-pg{server.major}.log"
@@ -255,9 +258,16 @@ def ensure(server: Server, tarball: Path | None, cache_dir: Path, *, require: bo
         if require:
             raise StackError(message)
         return message + "; the stack runs on plain PostgreSQL"
-    stage = build(tarball, server, cache_dir)
-    install(stage, server)
-    version = server.installed_version()
-    if version is None:
-        raise StackError(f"TimescaleDB was installed from {stage} but the server cannot load it")
+    try:
+        stage = build(tarball, server, cache_dir)
+        install(stage, server)
+        version = server.installed_version()
+        if version is None:
+            raise StackError(
+                f"TimescaleDB was installed from {stage} but the server cannot load it"
+            )
+    except StackError as exc:
+        if require:
+            raise
+        return f"TimescaleDB could not be installed ({exc}); the stack runs on plain PostgreSQL"
     return f"TimescaleDB {version} built from {tarball.name}, installed (PostgreSQL {server.major})"

@@ -87,3 +87,15 @@ def test_a_staged_build_is_copied_into_the_server(tmp_path: Path) -> None:
     (ext / "timescaledb.control").write_text("default_version = '2.28.3'\n")
     install(stage, target)
     assert target.installed_version() == "2.28.3"
+
+
+def test_a_release_that_cannot_be_built_stops_only_when_required(tmp_path: Path) -> None:
+    """A forged (or unbuildable) release: optional goes on with plain PostgreSQL and says
+    why; required fails."""
+    bare = server(tmp_path, None)
+    forged = tmp_path / "timescaledb-2.28.3.tar.gz"
+    forged.write_bytes(b"not the release")
+    said = ensure(bare, forged, tmp_path / "cache", require=False)
+    assert "could not be installed" in said and "sha256" in said and "plain PostgreSQL" in said
+    with pytest.raises(StackError, match="sha256"):
+        ensure(bare, forged, tmp_path / "cache", require=True)
