@@ -209,7 +209,7 @@ def bridge_cmd() -> None:
     settings = _settings()
     registry = CollectorRegistry()
     try:
-        serve_metrics(registry, settings.bridge.metrics_port)
+        serve_metrics(registry, settings.bridge.metrics_port, settings.metrics_host)
         run(settings, stop_on_signals(), registry)
     except BridgeConfigError as exc:
         console.print(f"[red]iotmon bridge:[/red] {exc}")
@@ -226,7 +226,7 @@ def ingest_cmd() -> None:
 
     settings = _settings()
     registry = CollectorRegistry()
-    serve_metrics(registry, settings.ingest.metrics_port)
+    serve_metrics(registry, settings.ingest.metrics_port, settings.metrics_host)
     run(settings, stop_on_signals(), registry)
 
 
@@ -290,7 +290,7 @@ def sink_cmd(
         raise typer.Exit(2)
     settings = _settings()
     registry = CollectorRegistry()
-    serve_metrics(registry, settings.sink.metrics_port)
+    serve_metrics(registry, settings.sink.metrics_port, settings.metrics_host)
     run(settings, names, stop_on_signals(), registry)
 
 

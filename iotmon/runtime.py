@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -26,11 +27,15 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def serve_metrics(registry: CollectorRegistry, port: int) -> None:
-    """Expose ``registry`` at http://0.0.0.0:port/metrics (0 disables it)."""
-    if port:
-        start_http_server(port, registry=registry)
-        log.info("metrics on :%d/metrics", port)
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> Any:
+    """Expose ``registry`` at http://host:port/metrics (port 0: not at all); returns the
+    server.  The host is loopback unless the deployment opens it (``IOTMON_METRICS_HOST``,
+    e.g. 0.0.0.0 in a pod that Prometheus scrapes)."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on %s:%d/metrics", host, port)
+    return server
 
 
 # Objects allocated before CPython's young generation is collected (its default is 700).

@@ -243,6 +243,8 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    # Where the stages' /metrics listen: loopback unless a deployment opens it.
+    metrics_host: str = "127.0.0.1"
     database_url: str | None = Field(
         None, validation_alias=AliasChoices("DATABASE_URL", "IOTMON_DATABASE_URL")
     )
