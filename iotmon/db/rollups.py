@@ -88,16 +88,75 @@ def refresh(
         for view in views:
             if view not in present:
                 continue
-            name = sql.Identifier(schema, view).as_string(conn)
-            _refresh_one(conn, extension, name, window, patience_s)
+            _refresh_one(conn, extension, schema, view, window, patience_s)
             done.append(view)
     return done
+
+
+_PENDING = (
+    "SELECT min(l.lowest_modified_value), max(l.greatest_modified_value)"
+    " FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log l"
+    " JOIN _timescaledb_catalog.continuous_agg c ON c.mat_hypertable_id = l.materialization_id"
+    " WHERE c.user_view_schema = %s AND c.user_view_name = %s"
+    " AND l.greatest_modified_value >= %s AND l.lowest_modified_value < %s"
+    # Not the markers of the never-materialized ends (before any timestamp, or after now).
+    " AND l.greatest_modified_value >= -210866803200000000"
+)
+_MIN_US, _MAX_US = -(2**63), 2**63 - 1
+_EARLIEST_US = int(datetime(1, 1, 2, tzinfo=UTC).timestamp() * 1_000_000)
+
+
+def _us(at: datetime | None, default: int) -> int:
+    return default if at is None else int(at.timestamp() * 1_000_000)
 
 
 def _refresh_one(
     conn: psycopg.Connection[Any],
     extension: str,
+    schema: str,
     view: str,
+    window: tuple[datetime | None, datetime],
+    patience_s: float,
+) -> None:
+    """Refresh ``view`` over ``window`` until no change inside it is left pending.
+
+    TimescaleDB materializes a bounded number of invalidated ranges per refresh and leaves
+    the others pending: over months of scattered late hours one refresh left buckets
+    stale.  So the changes still pending inside the window are refreshed again, their span
+    at a time, until none is left (a bounded number of rounds)."""
+    name = sql.Identifier(schema, view).as_string(conn)
+    monthly = view in MONTHLIES
+    low, high = window
+    for _ in range(50):
+        _call_refresh(conn, extension, name, (low, high), patience_s)
+        row = conn.execute(
+            _PENDING, (schema, view, _us(window[0], _MIN_US), _us(window[1], _MAX_US))
+        ).fetchone()
+        if row is None or row[0] is None:
+            return
+        first = max(row[0], _us(window[0], _MIN_US))
+        last = min(row[1], _us(window[1], _MAX_US) - 1)
+        low = (
+            None
+            if first < _EARLIEST_US
+            else _bucket_start(datetime.fromtimestamp(first / 1_000_000, UTC), monthly)
+        )
+        high = min(_bucket_after(datetime.fromtimestamp(last / 1_000_000, UTC), monthly), window[1])
+    log.warning("%s: changes still pending after 50 refreshes; its policy will go on", view)
+
+
+def _bucket_start(at: datetime, monthly: bool) -> datetime:
+    return _month(at) if monthly else at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _bucket_after(at: datetime, monthly: bool) -> datetime:
+    return _next_month(at) if monthly else _bucket_start(at, False) + timedelta(days=1)
+
+
+def _call_refresh(
+    conn: psycopg.Connection[Any],
+    extension: str,
+    name: str,
     window: tuple[datetime | None, datetime],
     patience_s: float,
 ) -> None:
@@ -110,7 +169,7 @@ def _refresh_one(
     ).format(sql.Identifier(extension))
     while True:
         try:
-            conn.execute(statement, (view, window[0], window[1]))
+            conn.execute(statement, (name, window[0], window[1]))
             return
         except psycopg.errors.LockNotAvailable:
             if time.monotonic() + pause > deadline:
