@@ -9,6 +9,9 @@ from iotmon.settings import ApiSettings, Settings
 from stream_apps.sinks.main import WRITERS, build
 from stream_apps.sinks.runner import SinkMetrics
 
+# Building a sink asks the broker for its dead-letter topic's limit: it needs the stack.
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize("from_topic", [True, False])
 def test_the_latest_sink_batches_like_history_when_the_api_reads_the_topic(
