@@ -23,7 +23,6 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 _RANK = {role: n for n, role in enumerate(ROLES)}
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
-_CHALLENGE = CHALLENGE
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def decode_jwt(settings: Settings, token: str) -> Caller:
     """The caller a JWT names; 401 when it is not valid for this deployment."""
     api = settings.api
     if api.jwt_secret is None:
-        raise HTTPException(401, "unknown token", _CHALLENGE)
+        raise HTTPException(401, "unknown token", CHALLENGE)
     try:
         claims = jwt.decode(
             token,
@@ -74,9 +73,9 @@ def decode_jwt(settings: Settings, token: str) -> Caller:
             options={"require": ["exp"], "verify_aud": api.jwt_audience is not None},
         )
     except jwt.ExpiredSignatureError:
-        raise HTTPException(401, "the token has expired", _CHALLENGE) from None
+        raise HTTPException(401, "the token has expired", CHALLENGE) from None
     except jwt.InvalidTokenError as exc:
-        raise HTTPException(401, f"invalid token: {exc}", _CHALLENGE) from None
+        raise HTTPException(401, f"invalid token: {exc}", CHALLENGE) from None
     role = _role_of(claims)
     if role is None:
         raise HTTPException(403, "the token carries no role (viewer, operator or admin)")
@@ -85,7 +84,7 @@ def decode_jwt(settings: Settings, token: str) -> Caller:
     # pass for a static token, for no one, or for someone acting on another's behalf.
     if subject.startswith("token:") or subject == "anonymous" or "(by " in subject:
         raise HTTPException(
-            401, f"invalid token: the subject {subject[:40]!r} is reserved", _CHALLENGE
+            401, f"invalid token: the subject {subject[:40]!r} is reserved", CHALLENGE
         )
     return Caller(subject, role)
 
@@ -134,7 +133,7 @@ def caller_of(settings: Settings, header: str) -> Caller:
         return Caller(f"token:{role}", role)
     if token.count(".") == 2:
         return decode_jwt(settings, token)
-    raise HTTPException(401, "unknown token", _CHALLENGE)
+    raise HTTPException(401, "unknown token", CHALLENGE)
 
 
 def has_role(caller: Caller, minimum: Role) -> bool:
@@ -151,7 +150,7 @@ def require(minimum: Role, *, reads: bool = False) -> Any:
         if reads and settings.api.open_reads:
             return caller
         if caller.role is None:
-            raise HTTPException(401, "a bearer token is required", _CHALLENGE)
+            raise HTTPException(401, "a bearer token is required", CHALLENGE)
         if _RANK[caller.role] < _RANK[minimum]:
             raise HTTPException(403, f"this needs the {minimum} role; the token has {caller.role}")
         return caller

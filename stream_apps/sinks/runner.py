@@ -63,7 +63,8 @@ class AfterCommit(Protocol):
     """A writer with work to do once its transaction has committed (outside of it)."""
 
     def after_commit(self, conn: psycopg.Connection[Any], records: Sequence[Any]) -> None:
-        """Raise only what ``database_unavailable`` recognises (the batch is retried)."""
+        """Raise only for a lost connection (the batch is written again, then this runs
+        again); anything else is the writer's to log: the rows are committed."""
         ...
 
 

@@ -30,7 +30,7 @@ from producers.masterdata import MasterData, import_master_data
 from schemas.aggregates import HourlyAggregate, MetricAggregate
 from schemas.master import Location, Sensor
 from tests.helpers import wait_for
-from tests.integration.test_output_sinks import Sinks
+from tests.integration.test_output_sinks import RunningSink, Sinks
 from tests.integration.test_timescaledb import extension_version, needs_timescaledb, query
 
 pytestmark = pytest.mark.integration
@@ -352,18 +352,25 @@ def test_a_failed_refresh_is_left_to_the_policy_never_a_dead_letter(
     assert live.thread.is_alive()
 
 
+def stored(
+    sinks: Sinks, live: RunningSink, place: str, start: datetime, hours: range, seed: int
+) -> list[HourlyAggregate]:
+    """Hours of one location's sensor from ``start``, written through the running sink."""
+    zone = next(p[4] for p in PLACES if p[0] == place)
+    rng = random.Random(seed)
+    rows = [hourly(f"TEMPIOT-{place}", place, zone, start + timedelta(hours=h), rng) for h in hours]
+    send_hours(sinks, rows)
+    live.wait_records(len(rows))
+    return rows
+
+
 def test_a_moved_location_moves_its_past_days_between_floors(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, sinks: Sinks
 ) -> None:
     needs_timescaledb(db)
-    rng = random.Random(11)
     day = datetime.now(UTC).replace(hour=2, minute=0, second=0, microsecond=0) - timedelta(days=3)
     live = sinks.start("aggregates")
-    rows = [
-        hourly("TEMPIOT-R004", "R004", ZONES[0], day + timedelta(hours=h), rng) for h in range(6)
-    ]
-    send_hours(sinks, rows)
-    live.wait_records(len(rows))
+    rows = stored(sinks, live, "R004", day, range(6), seed=11)
     per_floor = (
         "SELECT building, floor, sum(temperature_count) FROM floor_daily"
         f" WHERE factory = 'F1' AND bucket = '{day:%Y-%m-%d}' GROUP BY 1, 2 ORDER BY 1, 2"
@@ -390,14 +397,9 @@ def test_day_buckets_of_an_earlier_day_through_the_sink_on_any_storage(
     stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, sinks: Sinks
 ) -> None:
     """Also on plain PostgreSQL: the sink's refresh after an earlier day is a no-op there."""
-    rng = random.Random(3)
     day = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) - timedelta(days=2)
     live = sinks.start("aggregates")
-    rows = [
-        hourly("TEMPIOT-R002", "R002", ZONES[1], day + timedelta(hours=h), rng) for h in range(4)
-    ]
-    send_hours(sinks, rows)
-    live.wait_records(len(rows))
+    rows = stored(sinks, live, "R002", day, range(4), seed=3)
     wait_for(lambda: live.metric("iotmon_sink_rows_total") == len(rows), 10, "the rows")
     months = sorted({r.ymd[:6] for r in rows})
     with api(stack, kafka, db) as client:
