@@ -30,6 +30,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.common import RESULTS, write_results
+from iotmon.gateways_cmd import local_gateway
 from iotmon.settings import KafkaSettings, MqttSettings, Settings
 from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.simulate_cmd import MqttPublisher, mqtt_topic
@@ -47,6 +48,27 @@ def messages(count: int, sensors: int = PUBLISHERS) -> list[Message]:
         body = {"sensor_id": sensor, "capture_dt": now, "temperature": 25.5, "humidity": 50.0}
         out.append(Message(0.0, sensor, orjson.dumps(body), ()))
     return out
+
+
+BENCH_GATEWAY = "bench-gateway"  # may publish below bench/ (every run's prefix)
+
+
+def login_args(mqtt_settings: MqttSettings) -> list[str]:
+    """mosquitto_pub/sub options of the account (the broker refuses anonymous clients)."""
+    user, password = mqtt_settings.login()
+    return ["-u", user or "", "-P", password or ""] if user else []
+
+
+def as_gateway(settings: Settings, mq: MqttSettings) -> MqttSettings:
+    """``mq`` logged in as the bench's gateway account."""
+    login = local_gateway(settings, BENCH_GATEWAY, write=["bench/#"])
+    return mq.model_copy(
+        update={
+            "username": login.username,
+            "password": None,
+            "password_file": login.password_file,
+        }
+    )
 
 
 def publish_all(mqtt_settings: MqttSettings, batch: list[Message]) -> float:
@@ -80,6 +102,7 @@ def publish_all(mqtt_settings: MqttSettings, batch: list[Message]) -> float:
                 mqtt_topic(mqtt_settings, sensor),
                 "-i",
                 f"bench-pub-{uuid.uuid4().hex[:8]}",
+                *login_args(mqtt_settings),
             ],
             stdin=subprocess.PIPE,
         )
@@ -132,12 +155,13 @@ def baseline(settings: Settings, batch: list[Message]) -> dict[str, Any]:
             str(len(batch)),
             "-i",
             f"bench-sub-{uuid.uuid4().hex[:6]}",
+            *login_args(settings.mqtt),  # the bridge's account: it may read
         ],
         stdout=subprocess.PIPE,
     )
     time.sleep(1.0)  # mosquitto_sub has subscribed
     started = time.perf_counter()
-    publish_s = publish_all(mq, batch)
+    publish_s = publish_all(as_gateway(settings, mq), batch)
     out, _ = sub.communicate(timeout=300)
     elapsed = time.perf_counter() - started
     received = out.count(b"\n")
@@ -204,11 +228,11 @@ def bridged(settings: Settings, batch: list[Message]) -> dict[str, Any]:
         while raw_count(kafka) == 0:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"the bridge did not start; see {log}")
-            publish_all(mq, batch[:1])
+            publish_all(as_gateway(settings, mq), batch[:1])
             time.sleep(0.5)
         before = raw_count(kafka)
         started = time.perf_counter()
-        publish_s = publish_all(mq, batch)
+        publish_s = publish_all(as_gateway(settings, mq), batch)
         arrived = raw_count(kafka) - before
         deadline = time.monotonic() + 300
         while arrived < len(batch) and time.monotonic() < deadline:

@@ -56,6 +56,7 @@ from psycopg import sql
 
 from bench.common import RESULTS, latency_summary, write_results
 from iotmon.db.migrate import migrate
+from iotmon.gateways_cmd import local_gateway
 from iotmon.runtime import settle_heap
 from iotmon.settings import MqttSettings, Settings
 from iotmon.topics import delete_prefixed_topics, ensure_topics
@@ -417,6 +418,8 @@ def _start_pipeline(
         "IOTMON_DB__DB_SCHEMA": settings.db.db_schema,
         "IOTMON_MQTT__TOPIC_PREFIX": settings.mqtt.topic_prefix,
         "IOTMON_MQTT__CLIENT_ID": settings.mqtt.client_id,
+        # The stack's accounts, although each run keeps its state elsewhere.
+        "IOTMON_MQTT__AUTH_DIR": str(settings.mqtt.auth_dir),
         "IOTMON_INGEST__GROUP_ID": f"ingest-{run_id}",
         "IOTMON_WORKER__APP_ID": f"worker-{run_id}",
         "IOTMON_WORKER__SILENT_AFTER_S": "3600",
@@ -572,7 +575,13 @@ def main() -> None:
         poller.start()
         # The publisher gets the cores after the pipeline and the measuring threads, so that
         # it does not stand in the pipeline's way (see PublisherProcess).
-        publisher = PublisherProcess(settings.mqtt, args.nice)
+        gateway = local_gateway(settings, "bench-gateway", write=["bench/#"])
+        publisher = PublisherProcess(
+            settings.mqtt.model_copy(
+                update={"username": gateway.username, "password_file": gateway.password_file}
+            ),
+            args.nice,
+        )
         # The sensors take turns in an order of no relation to their floors, as gateways
         # of their own would.  In the plant's order the sampled floors' readings went out
         # back to back, and one stall set all of a floor's samples at once: the realtime

@@ -46,6 +46,15 @@ def _register_dlq() -> None:
 
 _register_dlq()
 
+
+def _register_gateways() -> None:
+    from iotmon.gateways_cmd import gateways_app  # noqa: PLC0415
+
+    app.add_typer(gateways_app, name="gateways")
+
+
+_register_gateways()
+
 console = Console(stderr=True)
 log = logging.getLogger("iotmon")
 

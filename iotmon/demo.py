@@ -17,6 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from iotmon.gateways_cmd import local_gateway
 from iotmon.settings import Settings
 from schemas.topics import TopicId, topic_name
 
@@ -33,6 +34,9 @@ SERVICES: dict[str, list[str]] = {
 # The demo's API accepts this bearer token (admin) unless IOTMON_API__TOKENS is set.  It is
 # for trying the API on one machine, never for a deployment.
 DEMO_TOKEN = "demo-admin-token"
+# The simulator publishes as this gateway account (created on first use, its password kept
+# in the stack's auth directory); the simulated sensors are assigned to it.
+DEMO_GATEWAY = "demo-gateway"
 
 
 @dataclass
@@ -104,6 +108,9 @@ def run_demo(settings: Settings, simulate_args: list[str]) -> int:
             if child.proc.poll() is not None:
                 log.error("%s exited early; see %s", child.name, child.log_file)
                 return 1
+        if not any(a.startswith("--gateway") for a in simulate_args):
+            local_gateway(settings, DEMO_GATEWAY)
+            simulate_args = ["--gateway", DEMO_GATEWAY, *simulate_args]
         return subprocess.call(_iotmon("simulate", *simulate_args))
     except KeyboardInterrupt:
         return 130

@@ -66,6 +66,9 @@ class DatabaseSettings(BaseModel):
     rollup_refresh_every: str = "15 minutes"
 
 
+BRIDGE_ACCOUNT = "iotmon-bridge"  # the MQTT account the bridge logs in with
+
+
 class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 11883
@@ -74,12 +77,38 @@ class MqttSettings(BaseModel):
     topic_prefix: str = ""
     # Patterns of topics that carry readings; {sensor_id} and {gateway} name one level each
     # (subscribed as "+"), a trailing "#" matches the rest.
-    topics: list[str] = Field(default_factory=lambda: ["sensors/{sensor_id}/readings"])
+    # A gateway account may publish only under topics that name it ({gateway}); the
+    # second pattern is read for gateways granted it explicitly (`iotmon gateways add
+    # --topic`), whose readings then carry no gateway.
+    topics: list[str] = Field(
+        default_factory=lambda: [
+            "gateways/{gateway}/sensors/{sensor_id}/readings",
+            "sensors/{sensor_id}/readings",
+        ]
+    )
     extra_topics: list[str] = Field(default_factory=list)
     # An int, not a Literal: a Literal of ints never matched the text of an environment
     # variable.  The bridge refuses 2 at start-up (it cannot make QoS 2 lossless).
     qos: int = Field(1, ge=0, le=2)
     keepalive: int = 30
+    # Mosquitto refuses anonymous clients.  On the local stack a process logs in as the
+    # bridge's account (its password in the stack's credentials) unless told otherwise.
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None  # read when connecting, if no password is set
+    tls: bool = False  # connect to the TLS listener (port: IOTMON_MQTT__PORT)
+    ca_file: Path | None = None  # CA that signed the listener's certificate
+    # Where `iotmon gateways` keeps accounts, Mosquitto's password/ACL files and TLS
+    # certificates (default: the local stack's, under the state directory).
+    auth_dir: Path | None = None
+
+    def login(self) -> tuple[str | None, str | None]:
+        """The user name and password to connect with (None, None: anonymous)."""
+        if self.password is not None:
+            return self.username, self.password.get_secret_value()
+        if self.password_file is not None and self.password_file.exists():
+            return self.username, self.password_file.read_text().strip()
+        return self.username, None
 
 
 class IngestSettings(BaseModel):
@@ -222,6 +251,7 @@ class StackSettings(BaseModel):
     # False when DATABASE_URL names a server that someone else runs.
     manage_postgres: bool = True
     mosquitto_port: int = 11883
+    mosquitto_tls_port: int = 11884
     start_timeout_s: float = 90.0
 
 
@@ -260,7 +290,17 @@ class Settings(BaseSettings):
         if "bootstrap_servers" not in self.kafka.model_fields_set:
             self.kafka.bootstrap_servers = f"127.0.0.1:{self.stack.kafka_port}"
         if "port" not in self.mqtt.model_fields_set:
-            self.mqtt.port = self.stack.mosquitto_port
+            self.mqtt.port = (
+                self.stack.mosquitto_tls_port if self.mqtt.tls else (self.stack.mosquitto_port)
+            )
+        if self.mqtt.auth_dir is None:
+            self.mqtt.auth_dir = self.stack.state_dir / "mosquitto" / "auth"
+        if self.mqtt.username is None:
+            self.mqtt.username = BRIDGE_ACCOUNT
+            if self.mqtt.password is None and self.mqtt.password_file is None:
+                self.mqtt.password_file = self.mqtt.auth_dir / "credentials" / BRIDGE_ACCOUNT
+        if self.mqtt.tls and self.mqtt.ca_file is None:
+            self.mqtt.ca_file = self.mqtt.auth_dir / "tls" / "ca.crt"
         return self
 
 

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from iotmon.settings import BridgeSettings, MqttSettings
 from producers.kafka import RECORD_REFUSED, TOO_LARGE, error_code, produce
+from producers.mqtt_connect import REFUSED_LOGIN_HINT, apply_login, refused_login
 from producers.topics import TopicPattern, compile_pattern, match_topic
 from schemas.deadletters import (
     MAX_PAYLOAD_BYTES,
@@ -95,11 +96,14 @@ def subscriptions(settings: MqttSettings) -> tuple[list[TopicPattern], list[str]
         for p in [*settings.topics, *settings.extra_topics]
     ]
     subs = [p.subscription for p in patterns]
-    # Watch the whole sensors tree too, so that a message on a wrong topic below it is
-    # dead-lettered visibly instead of never being seen.
-    watch = f"{settings.topic_prefix}sensors/#"
-    if watch not in subs:
-        subs.append(watch)
+    # Watch the whole tree below each pattern's first level too (sensors/#, gateways/#), so
+    # that a message on a wrong topic there is dead-lettered visibly instead of never
+    # being seen.
+    for pattern in [*settings.topics, *settings.extra_topics]:
+        first = pattern.split("/", 1)[0]
+        watch = f"{settings.topic_prefix}{first}/#"
+        if first not in ("+", "#", "{sensor_id}", "{gateway}") and watch not in subs:
+            subs.append(watch)
     return patterns, subs
 
 
@@ -149,7 +153,8 @@ class Bridge:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            log.error("MQTT connection refused: %s", reason)
+            hint = f"; {REFUSED_LOGIN_HINT}" if refused_login(reason) else ""
+            log.error("MQTT connection refused: %s%s", reason, hint)
             return
         log.info(
             "connected to MQTT (session present: %s); subscribing to %s",
@@ -418,4 +423,5 @@ def make_client(settings: MqttSettings) -> mqtt.Client:
         manual_ack=True,
     )
     client.max_inflight_messages_set(1000)
+    apply_login(client, settings)
     return client

@@ -28,7 +28,7 @@ from schemas.master import Location, Sensor, SensorRecord, loc_id_by_convention
 log = logging.getLogger(__name__)
 
 _LOCATION_FIELDS = set(Location.model_fields)
-_SENSOR_FIELDS = {"sensor_id", "name"}
+_SENSOR_FIELDS = {"sensor_id", "name", "gateway"}
 
 
 class MasterDataError(ValueError):
@@ -62,7 +62,12 @@ def from_rows(rows: Iterable[dict[str, Any]]) -> MasterData:
             locations[location.loc_id] = location
             if row.get("sensor_id"):
                 sensors.append(
-                    Sensor(sensor_id=row["sensor_id"], loc_id=location.loc_id, name=row.get("name"))
+                    Sensor(
+                        sensor_id=row["sensor_id"],
+                        loc_id=location.loc_id,
+                        name=row.get("name"),
+                        gateway=row.get("gateway"),
+                    )
                 )
         except ValidationError as exc:
             raise MasterDataError(f"row {n}: {exc}") from exc
@@ -139,12 +144,12 @@ def upsert(conn: psycopg.Connection[Any], data: MasterData, *, auto: bool = Fals
             ],
         )
         cur.executemany(
-            "INSERT INTO sensors (sensor_id, loc_id, name, is_active, auto_registered,"
-            " updated_at) VALUES (%s, %s, %s, %s, %s, now())"
+            "INSERT INTO sensors (sensor_id, loc_id, name, is_active, gateway,"
+            " auto_registered, updated_at) VALUES (%s, %s, %s, %s, %s, %s, now())"
             " ON CONFLICT (sensor_id) DO UPDATE SET loc_id = EXCLUDED.loc_id,"
             " name = coalesce(EXCLUDED.name, sensors.name), is_active = EXCLUDED.is_active,"
-            " updated_at = now()",
-            [(s.sensor_id, s.loc_id, s.name, s.is_active, False) for s in data.sensors],
+            " gateway = EXCLUDED.gateway, updated_at = now()",
+            [(s.sensor_id, s.loc_id, s.name, s.is_active, s.gateway, False) for s in data.sensors],
         )
 
 
@@ -153,7 +158,8 @@ def sensor_records(
 ) -> list[SensorRecord]:
     """Stored sensors joined with their locations (all, or those at ``loc_ids``)."""
     query = (
-        "SELECT s.sensor_id, s.loc_id, s.name, s.is_active AS sensor_active, l.plant,"
+        "SELECT s.sensor_id, s.loc_id, s.name, s.is_active AS sensor_active, s.gateway,"
+        " l.plant,"
         " l.factory, l.building, l.floor, l.area, l.location_name, l.is_active,"
         " l.timezone, greatest(s.updated_at, l.updated_at) AS updated_at"
         " FROM sensors s JOIN locations l USING (loc_id)"
@@ -171,6 +177,7 @@ def sensor_records(
                 loc_id=r["loc_id"],
                 name=r["name"],
                 is_active=r["sensor_active"],
+                gateway=r["gateway"],
             ),
             location=Location(
                 loc_id=r["loc_id"],

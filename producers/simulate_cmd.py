@@ -38,9 +38,10 @@ from rich.live import Live
 from rich.table import Table
 
 from iotmon.cli_settings import settings_or_exit
-from iotmon.settings import KafkaSettings, MqttSettings
+from iotmon.settings import BRIDGE_ACCOUNT, KafkaSettings, MqttSettings
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
+from producers.mqtt_connect import REFUSED_LOGIN_HINT, apply_login, refused_login
 from producers.simulator import (
     Message,
     Scenarios,
@@ -54,6 +55,7 @@ from producers.simulator import (
     messages,
 )
 from schemas.common import DEFAULT_TIMEZONE
+from schemas.readings import IngressHeaders
 from schemas.topics import topic_name
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,39 @@ class Publisher(Protocol):
 
 
 def mqtt_topic(settings: MqttSettings, sensor_id: str) -> str:
-    return f"{settings.topic_prefix}sensors/{sensor_id}/readings"
+    """Where the gateway ``settings.username`` publishes a sensor's readings: the first
+    reading pattern that names ``{gateway}`` (the only topics its account may write), else
+    the first pattern."""
+    patterns = settings.topics
+    named = [p for p in patterns if "{gateway}" in p.split("/")]
+    pattern = named[0] if named and settings.username else patterns[0]
+    if "{gateway}" in pattern.split("/") and not settings.username:
+        raise ValueError(f"topic pattern {pattern!r} needs a gateway account name")
+    levels = [
+        sensor_id
+        if level == "{sensor_id}"
+        else str(settings.username)
+        if level == "{gateway}"
+        else level
+        for level in pattern.split("/")
+    ]
+    return settings.topic_prefix + "/".join(levels)
+
+
+def gateway_login(settings: MqttSettings, gateway: str | None) -> MqttSettings:
+    """The MQTT settings of a simulated gateway: the account ``gateway`` (or the one the
+    settings name, if it is not the bridge's), its password from the settings or else
+    saved by ``iotmon gateways add --save``.  ValueError when there is no gateway account."""
+    name = gateway or (settings.username if settings.username != BRIDGE_ACCOUNT else None)
+    if not name:
+        raise ValueError(
+            "publishing over MQTT needs a gateway account: --gateway NAME (create one with "
+            "`iotmon gateways add NAME --save`) or IOTMON_MQTT__USERNAME/PASSWORD"
+        )
+    if name == settings.username and settings.password is not None:
+        return settings
+    saved = settings.auth_dir / "credentials" / name if settings.auth_dir else None
+    return settings.model_copy(update={"username": name, "password": None, "password_file": saved})
 
 
 class MqttPublisher:
@@ -111,7 +145,10 @@ class MqttPublisher:
         self._connected = threading.Event()
         # Never the bridge's client id: the broker would disconnect the bridge.
         cid = client_id or f"iotmon-sim-{uuid.uuid4().hex[:8]}"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid)
+        # MQTT 5: a publish the broker refuses (a topic the account may not write) comes
+        # back with its reason instead of being dropped in silence.
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        apply_login(self._client, settings)
         self._client.max_inflight_messages_set(window)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -127,7 +164,8 @@ class MqttPublisher:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
-            log.error("MQTT connection refused: %s", rc)
+            hint = f"; {REFUSED_LOGIN_HINT}" if refused_login(rc) else ""
+            log.error("MQTT connection refused: %s%s", rc, hint)
         else:
             self._connected.set()
 
@@ -185,9 +223,14 @@ class MqttPublisher:
 class KafkaPublisher:
     """confluent-kafka producer to the raw readings topic, keyed by sensor id."""
 
-    def __init__(self, settings: KafkaSettings, producer: Producer | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, producer: Producer | None = None, gateway: str | None = None
+    ) -> None:
         self._producer = producer or make_producer(settings)
         self._topic = topic_name("readings_raw", settings.topic_prefix)
+        self._headers: list[tuple[str, str | bytes | None]] | None = (
+            [(IngressHeaders.GATEWAY, gateway.encode())] if gateway else None
+        )
         self._done: list[Delivery] = []
         self._pending: dict[int, Message] = {}
         self._ids = itertools.count()
@@ -212,6 +255,7 @@ class KafkaPublisher:
                     self._topic,
                     key=message.sensor_id.encode(),
                     value=message.payload,
+                    headers=self._headers,
                     on_delivery=self._callback(ident),
                 )
                 break
@@ -451,6 +495,18 @@ class Via(StrEnum):
     KAFKA = "kafka"
 
 
+def _sender(mqtt: MqttSettings, via: Via, gateway: str | None) -> tuple[MqttSettings, str | None]:
+    """The MQTT login of the simulated gateway, and the gateway its sensors are assigned to
+    (None: any)."""
+    if via is not Via.MQTT:
+        return mqtt, gateway
+    try:
+        login = gateway_login(mqtt, gateway)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--gateway") from exc
+    return login, login.username
+
+
 def _parse_start(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -517,6 +573,14 @@ def simulate_command(
         bool, typer.Option("--unpaced", help="Publish as fast as the broker confirms (load tests).")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a live progress panel on stderr.")] = True,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish over MQTT as this gateway account (password: IOTMON_MQTT__PASSWORD,"
+            " or saved by `iotmon gateways add NAME --save`); registered sensors are"
+            " assigned to it."
+        ),
+    ] = None,
 ) -> None:
     """Simulate factory gateways: realistic readings (and chosen faults) through MQTT or Kafka."""
     settings = settings_or_exit()
@@ -575,15 +639,20 @@ def simulate_command(
         speed,
         ", ".join(on) or "none",
     )
+    mqtt_settings, assigned = _sender(settings.mqtt, via, gateway)
     if register:
         try:
-            import_master_data(settings.db, settings.kafka, master_data(plan.sensors))
+            import_master_data(
+                settings.db, settings.kafka, master_data(plan.sensors, gateway=assigned)
+            )
         except psycopg.Error as exc:
             log.error("master data could not be stored: %s", exc)
             raise typer.Exit(1) from exc
     try:
         publisher: Publisher = (
-            MqttPublisher(settings.mqtt) if via is Via.MQTT else KafkaPublisher(settings.kafka)
+            MqttPublisher(mqtt_settings)
+            if via is Via.MQTT
+            else KafkaPublisher(settings.kafka, gateway=gateway)
         )
     except OSError as exc:  # ConnectionError included
         log.error("cannot connect: %s", exc)

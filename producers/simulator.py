@@ -194,9 +194,13 @@ def build_plant(n: int, seed: int, pcv_fraction: float = 0.25) -> tuple[SimSenso
     return tuple(sensors)
 
 
-def master_data(sensors: tuple[SimSensor, ...]) -> MasterData:
-    """The locations and sensors to register before the simulated gateways publish."""
-    return MasterData([s.location for s in sensors], [s.sensor for s in sensors])
+def master_data(sensors: tuple[SimSensor, ...], gateway: str | None = None) -> MasterData:
+    """The locations and sensors to register before the simulated gateways publish (the
+    sensors assigned to ``gateway`` when one is named)."""
+    return MasterData(
+        [s.location for s in sensors],
+        [s.sensor.model_copy(update={"gateway": gateway}) for s in sensors],
+    )
 
 
 @cache

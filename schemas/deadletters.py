@@ -52,6 +52,7 @@ class DeadLetterReason(StrEnum):
     STALE_TIMESTAMP = "stale_timestamp"
     UNKNOWN_SENSOR = "unknown_sensor"
     SENSOR_MISMATCH = "sensor_mismatch"
+    WRONG_GATEWAY = "wrong_gateway"  # the sensor is assigned to another gateway
     WRONG_TOPIC = "wrong_topic"
     INTERNAL_ERROR = "internal_error"
 

@@ -11,6 +11,7 @@ from schemas.common import DEFAULT_TIMEZONE
 
 SENSOR_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 LOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+GATEWAY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # an MQTT account name
 
 
 class Location(BaseModel):
@@ -46,6 +47,9 @@ class Sensor(BaseModel):
     loc_id: str = Field(pattern=LOC_ID_PATTERN)
     name: str | None = None
     is_active: bool = True
+    # The gateway account that reports this sensor; readings of it from any other gateway
+    # (or from none) are dead-lettered as wrong_gateway.  None: any source.
+    gateway: str | None = Field(None, pattern=GATEWAY_PATTERN)
 
 
 class SensorRecord(BaseModel):

@@ -15,8 +15,11 @@ import pytest
 from psycopg import sql
 
 from iotmon.db.migrate import migrate
+from iotmon.mqtt_auth import AuthDir
 from iotmon.settings import DatabaseSettings, KafkaSettings, MqttSettings, Settings
+from iotmon.stack import Stack
 from iotmon.topics import delete_prefixed_topics, ensure_topics
+from tests.helpers import TEST_GATEWAY, gateway_settings, mqtt_login_works
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +80,19 @@ def stack(base_settings: Settings) -> Settings:
         missing.append("PostgreSQL")
     if missing:
         pytest.fail("the local stack is not running (`iotmon stack up`): " + ", ".join(missing))
+    _test_gateway(base_settings)
     return base_settings
+
+
+def _test_gateway(settings: Settings) -> None:
+    """An MQTT gateway account that may publish below every test's topic prefix (tests
+    publish as it; the bridge under test logs in with the stack's bridge account)."""
+    assert settings.mqtt.auth_dir is not None
+    auth = AuthDir(settings.mqtt.auth_dir)
+    password = auth.add(TEST_GATEWAY, "gateway", write=["test/#"], replace=True)
+    auth.save_credential(TEST_GATEWAY, password)
+    Stack(settings).mosquitto.reload()
+    mqtt_login_works(gateway_settings(settings.mqtt))
 
 
 @pytest.fixture

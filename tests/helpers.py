@@ -9,7 +9,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, Message
 
 from iotmon.kafka_records import read_headers
-from iotmon.settings import KafkaSettings
+from iotmon.settings import KafkaSettings, MqttSettings
 
 
 def read_topic(
@@ -58,3 +58,55 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "cond
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+TEST_GATEWAY = "test-gateway"  # an account that may write below every test's MQTT prefix
+
+
+def gateway_settings(mqtt: MqttSettings, name: str = TEST_GATEWAY) -> MqttSettings:
+    """``mqtt`` (a test's settings, logged in as the bridge) as gateway ``name``, whose
+    password the stack's auth directory keeps (see conftest's ``stack``)."""
+    assert mqtt.auth_dir is not None
+    return mqtt.model_copy(
+        update={
+            "username": name,
+            "password": None,
+            "password_file": mqtt.auth_dir / "credentials" / name,
+            "client_id": f"{mqtt.client_id}-{name}",
+        }
+    )
+
+
+def mqtt_login_works(settings: MqttSettings, timeout: float = 10.0) -> None:
+    """Wait until the broker accepts ``settings``' account (an added account counts from
+    Mosquitto's reload, which runs after the signal that asks for it)."""
+    from paho.mqtt import client as paho  # noqa: PLC0415
+
+    from producers.mqtt_connect import apply_login  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while True:
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        apply_login(client, settings)
+        try:
+            client.connect(settings.host, settings.port)
+            client.loop_start()
+            accepted = wait_connack(client)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        if accepted:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the broker never accepted account {settings.username!r}")
+        time.sleep(0.1)
+
+
+def wait_connack(client: object, timeout: float = 5.0) -> bool:
+    """Whether ``client`` (connecting, loop started) was accepted by the broker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.is_connected():  # type: ignore[attr-defined]
+            return True
+        time.sleep(0.02)
+    return False

@@ -28,12 +28,20 @@ from producers.masterdata import (
     import_master_data,
     publish,
 )
-from schemas.master import LOC_ID_PATTERN, SENSOR_ID_PATTERN, Location, Sensor, SensorRecord
+from schemas.master import (
+    GATEWAY_PATTERN,
+    LOC_ID_PATTERN,
+    SENSOR_ID_PATTERN,
+    Location,
+    Sensor,
+    SensorRecord,
+)
 
 router = APIRouter(prefix="/location", tags=["location"])
 
 _SELECT = sql.SQL(
-    "SELECT s.sensor_id, s.name AS sensor_name, l.loc_id, l.plant, l.factory, l.building,"
+    "SELECT s.sensor_id, s.name AS sensor_name, s.gateway, l.loc_id, l.plant, l.factory,"
+    " l.building,"
     " l.floor, l.area, l.location_name, l.is_active, l.timezone"
     " FROM sensors s JOIN locations l USING (loc_id)"
 )
@@ -42,12 +50,13 @@ _MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 # The whole multipart request of an upload (the file and its envelope), enforced before it
 # is read (api/limits.py).
 MAX_UPLOAD_REQUEST_BYTES = _MAX_UPLOAD_BYTES + 64 * 1024
-_CSV_COLUMNS = {*Location.model_fields, "sensor_id", "name"}
+_CSV_COLUMNS = {*Location.model_fields, "sensor_id", "name", "gateway"}
 
 
 class SensorLocation(BaseModel):
     sensor_id: str
     sensor_name: str | None
+    gateway: str | None = None  # the only gateway whose readings of it are accepted
     loc_id: str
     plant: str | None
     factory: str
@@ -72,6 +81,7 @@ class SensorPatch(BaseModel):
     loc_id: str | None = Field(None, pattern=LOC_ID_PATTERN)
     name: str | None = Field(None, max_length=200)
     is_active: bool | None = None
+    gateway: str | None = Field(None, pattern=GATEWAY_PATTERN)
 
 
 class LocationPatch(BaseModel):
@@ -241,6 +251,7 @@ async def update_sensor(
             "sensor_id": sensor_id,
             "loc_id": loc_id,
             "name": current.sensor_name,
+            "gateway": current.gateway,
             "is_active": True,
             **sensor_changes,
         },
@@ -273,7 +284,7 @@ async def delete_sensor(
     _changed(request)
     record = SensorRecord(
         sensor=Sensor(sensor_id=sensor_id, loc_id=current.loc_id, name=current.sensor_name),
-        location=Location.model_validate(current.model_dump(exclude={"sensor_id", "sensor_name"})),
+        location=Location.model_validate(current.model_dump(exclude={"sensor_id", "sensor_name", "gateway"})),
         deleted=True,
         updated_at=datetime.now(UTC),
     )

@@ -42,7 +42,8 @@ class Stack:
         infra = infra_dir()
         self.kafka = KafkaService(settings.stack, infra)
         self.postgres = PostgresService(settings.stack)
-        self.mosquitto = MosquittoService(settings.stack, infra)
+        assert settings.mqtt.auth_dir is not None  # set by Settings
+        self.mosquitto = MosquittoService(settings.stack, infra, settings.mqtt.auth_dir)
 
     def up(self) -> dict[str, str]:
         self.settings.stack.state_dir.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,7 @@ class IngestProcessor(StageRunner[Validated]):
             key_sensor = key.decode() if key else None
         except UnicodeDecodeError:
             key_sensor = None
+        raw_gateway = header(headers, IngressHeaders.GATEWAY)
         return validate_payload(
             msg.value(),
             key_sensor_id=key_sensor,
@@ -177,6 +178,7 @@ class IngestProcessor(StageRunner[Validated]):
             now=self._now,
             source=source,
             received_at=received_at,
+            gateway=raw_gateway.decode("utf-8", "replace") if raw_gateway is not None else None,
         )
 
     def _received_at(self, msg: Message, raw: bytes | None) -> datetime:

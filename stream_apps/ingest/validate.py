@@ -307,13 +307,15 @@ def validate_item(
     now: datetime,
     source: Source,
     received_at: datetime,
+    gateway: str | None = None,
 ) -> Accepted | Rejection:
     """Validate one reading object and enrich it with its location.  Never raises (unless
     ``lookup`` does).
 
     ``key_sensor_id`` is the sensor named by the transport (MQTT topic or Kafka key); when
     given it must agree with the payload, and it stands in for a payload without a sensor id.
-    ``item`` is any value :func:`decode` returned.
+    ``item`` is any value :func:`decode` returned.  ``gateway`` is the account the reading
+    came from (the bridge's header); a sensor assigned to a gateway accepts only its own.
     """
     sensor_id = key_sensor_id
     try:
@@ -327,6 +329,13 @@ def validate_item(
         record = lookup(sensor_id)
         if record is None and not limits.auto_register:
             raise _Invalid(R.UNKNOWN_SENSOR, f"sensor {sensor_id!r} is not registered")
+        if record is not None and record.sensor.gateway not in (None, gateway):
+            came = f"gateway {preview(gateway)}" if gateway is not None else "no gateway"
+            raise _Invalid(
+                R.WRONG_GATEWAY,
+                f"sensor {sensor_id!r} is assigned to gateway {record.sensor.gateway!r}; "
+                f"this reading came from {came}",
+            )
         tz_name = record.location.timezone if record else limits.default_timezone
         capture_dt = _capture_time(item.get("capture_dt"), tz_name, limits, now)
     except _Invalid as exc:
@@ -376,6 +385,7 @@ def validate_payload(
     now: datetime,
     source: Source,
     received_at: datetime,
+    gateway: str | None = None,
 ) -> list[tuple[Accepted | Rejection, bytes | None]]:
     """Every item of a raw record, validated, each with the bytes a dead letter keeps.
     Never raises.
@@ -399,6 +409,7 @@ def validate_payload(
             now=now,
             source=source,
             received_at=received_at,
+            gateway=gateway,
         )
         if batch and isinstance(result, Rejection):
             result = Rejection(result.reason, result.detail, index, result.sensor_id)

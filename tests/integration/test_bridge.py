@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 from iotmon.settings import BridgeSettings, KafkaSettings, MqttSettings
 from producers.bridge import Bridge, BridgeMetrics, make_client
 from producers.kafka import make_producer
+from producers.mqtt_connect import apply_login
 from schemas.deadletters import DeadLetterHeaders
 from schemas.readings import IngressHeaders
 from schemas.topics import topic_name
-from tests.helpers import headers_of, read_topic, wait_for
+from tests.helpers import gateway_settings, headers_of, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,7 @@ def bridge(kafka: KafkaSettings, mqtt: MqttSettings) -> Iterator[tuple[Bridge, C
 
 def publish(mqtt: MqttSettings, messages: list[tuple[str, bytes]]) -> None:
     pub = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2)
+    apply_login(pub, gateway_settings(mqtt))
     pub.connect(mqtt.host, mqtt.port)
     pub.loop_start()
     try:

@@ -15,10 +15,11 @@ import paho.mqtt.client as mqtt_client
 import pytest
 
 from iotmon.settings import KafkaSettings, MqttSettings
+from producers.mqtt_connect import apply_login
 from producers.simulate_cmd import Delivery, MqttPublisher, SimulationResult, run_simulation
 from producers.simulator import build_plan
 from schemas.topics import topic_name
-from tests.helpers import read_topic, value_of
+from tests.helpers import gateway_settings, read_topic, value_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,6 +39,7 @@ def start_bridge(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 def wait_subscribed(kafka: KafkaSettings, mqtt: MqttSettings, marker: str) -> None:
     """Publish probes until one reaches Kafka: the bridge is connected and subscribed."""
     pub = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2)
+    apply_login(pub, gateway_settings(mqtt))
     pub.connect(mqtt.host, mqtt.port)
     pub.loop_start()
     raw = topic_name("readings_raw", kafka.topic_prefix)
@@ -78,7 +80,12 @@ def test_sigkill_and_restart_loses_nothing(
     result: list[SimulationResult] = []
     simulator = threading.Thread(
         target=lambda: result.append(
-            run_simulation(plan, MqttPublisher(mqtt), count=TOTAL, on_published=delivered.append)
+            run_simulation(
+                plan,
+                MqttPublisher(gateway_settings(mqtt)),
+                count=TOTAL,
+                on_published=delivered.append,
+            )
         ),
         daemon=True,
     )

@@ -24,13 +24,14 @@ from iotmon.settings import BridgeSettings, DatabaseSettings, KafkaSettings, Mqt
 from producers.bridge import Bridge, BridgeMetrics, make_client
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
+from producers.mqtt_connect import apply_login
 from producers.simulator import build_plant, master_data
 from schemas.deadletters import DeadLetterHeaders
 from schemas.topics import topic_name
 from stream_apps.ingest.main import build as build_ingest
 from stream_apps.sinks.main import build as build_sink
 from stream_apps.sinks.runner import SinkMetrics
-from tests.helpers import headers_of, read_topic, wait_for
+from tests.helpers import gateway_settings, headers_of, read_topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -114,6 +115,7 @@ def test_bad_input_corpus_at_speed(
         t.start()
     publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"drill-{uuid.uuid4().hex[:6]}")
     publisher.max_inflight_messages_set(1000)
+    apply_login(publisher, gateway_settings(mqtt))
     publisher.connect(mqtt.host, mqtt.port)
     publisher.loop_start()
     try:

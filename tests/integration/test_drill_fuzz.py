@@ -47,6 +47,7 @@ from iotmon.settings import BridgeSettings, DatabaseSettings, KafkaSettings, Mqt
 from producers.bridge import Bridge, BridgeMetrics, make_client
 from producers.kafka import make_producer, produce
 from producers.masterdata import import_master_data
+from producers.mqtt_connect import apply_login
 from producers.simulator import build_plant, master_data
 from schemas.deadletters import DeadLetter, Stage
 from schemas.readings import IngressHeaders, Reading
@@ -57,7 +58,7 @@ from stream_apps.sinks.runner import SinkMetrics
 from tests.fuzz.corpus import Corpus, Sent, Truth
 from tests.fuzz.ledger import Ledger, Pool, mqtt_pool, summarize
 from tests.ground_truth import expected_hourly, hours_ago
-from tests.helpers import headers_of, read_topic, wait_for
+from tests.helpers import gateway_settings, headers_of, read_topic, wait_for
 from tests.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -93,6 +94,7 @@ def send(messages: list[Sent], kafka: KafkaSettings, mqtt: MqttSettings) -> list
     producer = make_producer(kafka)
     publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"fuzz-{uuid.uuid4().hex[:6]}")
     publisher.max_inflight_messages_set(1000)
+    apply_login(publisher, gateway_settings(mqtt))
     publisher.connect(mqtt.host, mqtt.port)
     publisher.loop_start()
     published: list[tuple[Sent, paho.MQTTMessageInfo]] = []

@@ -27,7 +27,7 @@ from iotmon.stack import Stack
 from producers.masterdata import import_master_data
 from producers.simulate_cmd import Delivery, MqttPublisher, SimulationResult, run_simulation
 from producers.simulator import build_plan, master_data
-from tests.helpers import wait_for
+from tests.helpers import gateway_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,7 +118,12 @@ def test_service_restarts_lose_nothing(
     total = int(SENSORS / RATE_INTERVAL_S * 75)  # 75 s of publishing
     simulator = threading.Thread(
         target=lambda: result.append(
-            run_simulation(plan, MqttPublisher(mqtt), count=total, on_published=delivered.append)
+            run_simulation(
+                plan,
+                MqttPublisher(gateway_settings(mqtt)),
+                count=total,
+                on_published=delivered.append,
+            )
         ),
         daemon=True,
     )

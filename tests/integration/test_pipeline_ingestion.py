@@ -23,7 +23,7 @@ from schemas.topics import topic_name
 from stream_apps.ingest.main import build as build_ingest
 from stream_apps.sinks.main import build as build_sink
 from stream_apps.sinks.runner import SinkMetrics
-from tests.helpers import read_topic, wait_for
+from tests.helpers import gateway_settings, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,11 @@ def test_simulated_plant_through_every_stage(
         assert bridge.subscribed.wait(10)
         delivered: list[Delivery] = []
         result = run_simulation(
-            plan, MqttPublisher(mqtt), count=200, paced=False, on_published=delivered.append
+            plan,
+            MqttPublisher(gateway_settings(mqtt)),
+            count=200,
+            paced=False,
+            on_published=delivered.append,
         )
         assert result.published == 200 and result.failed == 0
         assert result.malformed > 0 and result.duplicates > 0

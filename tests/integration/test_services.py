@@ -11,8 +11,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Consumer, Producer
 
 from iotmon.settings import KafkaSettings, MqttSettings
+from producers.mqtt_connect import apply_login
 from schemas.topics import topic_name
-from tests.helpers import wait_for
+from tests.helpers import gateway_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -100,12 +101,14 @@ def test_mosquitto_publish_and_receive(mqtt: MqttSettings) -> None:
     sub = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=mqtt.client_id)
     sub.on_subscribe = on_subscribe
     sub.on_message = on_message
+    apply_login(sub, mqtt)
     sub.connect(mqtt.host, mqtt.port)
     sub.subscribe(f"{mqtt.topic_prefix}sensors/+/readings", qos=1)
     sub.loop_start()
     try:
         assert subscribed.wait(10)
         pub = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2)
+        apply_login(pub, gateway_settings(mqtt))
         pub.connect(mqtt.host, mqtt.port)
         pub.loop_start()
         for i in range(3):

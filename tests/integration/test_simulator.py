@@ -19,6 +19,7 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from iotmon.settings import DatabaseSettings, KafkaSettings, MqttSettings
+from producers.mqtt_connect import apply_login
 from producers.simulate_cmd import (
     Delivery,
     KafkaPublisher,
@@ -29,6 +30,7 @@ from producers.simulate_cmd import (
 )
 from producers.simulator import Scenarios, build_plan
 from schemas.topics import topic_name
+from tests.helpers import gateway_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +47,9 @@ class Subscriber:
         )
         self._client.on_subscribe = lambda *args: subscribed.set()
         self._client.on_message = self._on_message
+        apply_login(self._client, settings)
         self._client.connect(settings.host, settings.port)
-        self._client.subscribe(f"{settings.topic_prefix}sensors/+/readings", qos=1)
+        self._client.subscribe(f"{settings.topic_prefix}#", qos=1)
         self._client.loop_start()
         assert subscribed.wait(10), "no SUBACK"
 
@@ -97,7 +100,7 @@ def test_mqtt_every_published_message_arrives(mqtt: MqttSettings) -> None:
     subscriber = Subscriber(mqtt)
     published: list[Delivery] = []
     try:
-        publisher = MqttPublisher(mqtt)
+        publisher = MqttPublisher(gateway_settings(mqtt))
         result = run_simulation(
             plan, publisher, count=200, paced=False, on_published=published.append
         )
@@ -107,7 +110,8 @@ def test_mqtt_every_published_message_arrives(mqtt: MqttSettings) -> None:
     assert (result.sent, result.published, result.failed) == (200, 200, 0)
     assert len(received) == 200
     expected = Counter(
-        (mqtt_topic(mqtt, d.message.sensor_id), d.message.payload) for d in published
+        (mqtt_topic(gateway_settings(mqtt), d.message.sensor_id), d.message.payload)
+        for d in published
     )
     assert Counter(received) == expected
     doc = json.loads(received[0][1])
@@ -119,7 +123,7 @@ def test_mqtt_batches_and_faults_arrive_as_sent(mqtt: MqttSettings) -> None:
     plan = build_plan(5, start=datetime.now(UTC), seed=4, batch=3, scenarios=scenarios)
     subscriber = Subscriber(mqtt)
     try:
-        result = run_simulation(plan, MqttPublisher(mqtt), count=60, paced=False)
+        result = run_simulation(plan, MqttPublisher(gateway_settings(mqtt)), count=60, paced=False)
         received = subscriber.wait_for(60)
     finally:
         subscriber.close()
@@ -135,7 +139,10 @@ def test_paced_run_keeps_to_the_schedule(mqtt: MqttSettings) -> None:
     ticks: list[float] = []
     started = time.monotonic()
     result = run_simulation(
-        plan, MqttPublisher(mqtt), duration_s=1.5, on_tick=lambda r: ticks.append(r.elapsed_s)
+        plan,
+        MqttPublisher(gateway_settings(mqtt)),
+        duration_s=1.5,
+        on_tick=lambda r: ticks.append(r.elapsed_s),
     )
     wall = time.monotonic() - started
     assert result.sent == 150

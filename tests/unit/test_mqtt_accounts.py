@@ -1,0 +1,153 @@
+"""MQTT accounts (iotmon/mqtt_auth.py) and the ingest rule for gateway-assigned sensors,
+without a broker.  The broker's side is in tests/integration/test_mqtt_auth.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iotmon.mqtt_auth import AuthDir, AuthError, check_name, gateway_topics, hash_password
+from iotmon.settings import MqttSettings
+from schemas.deadletters import DeadLetterReason
+from schemas.master import Location, Sensor, SensorRecord
+from stream_apps.ingest.validate import Accepted, Limits, Rejection, validate_payload
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_hash_is_mosquittos_pbkdf2_sha512_format() -> None:
+    # A line written by mosquitto_passwd 2.0 for the password "secret-pass".
+    line = (
+        "$7$101$JE/jQmTENWudNwUK$qN/YjUgKgX3o6tlzq5ruNNtP7f76bKzhh6BsTKKkmA1FCSgubBTsCtoDmVg2ckX"
+        "WuWlnWD650Tkqw/D4OuIe6Q=="
+    )
+    salt = base64.b64decode(line.split("$")[3])
+    assert hash_password("secret-pass", salt=salt) == line
+    assert hash_password("other", salt=salt) != line
+    # A fresh salt each time.
+    assert hash_password("secret-pass") != hash_password("secret-pass")
+    digest = base64.b64decode(hash_password("x").split("$")[4])
+    assert len(digest) == hashlib.sha512().digest_size
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_only_names_that_cannot_change_the_acl_are_accepted(name: str) -> None:
+    try:
+        check_name(name)
+    except AuthError:
+        return
+    assert not set(name) & set("/+#:\n\r\t \x00$")
+    assert len(name) <= 64
+
+
+@settings(max_examples=50)
+@given(
+    st.lists(
+        st.text(alphabet="abcXYZ019_.-", min_size=1, max_size=12).filter(lambda s: s[0].isalnum()),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    )
+)
+def test_each_gateway_may_write_only_topics_that_name_it(names: list[str]) -> None:
+    mqtt = MqttSettings(topic_prefix="plant1/")
+    for name in names:
+        topics = gateway_topics(mqtt, name)
+        assert topics == [f"plant1/gateways/{name}/sensors/+/readings"]
+        # No other gateway's topic filter covers this one.
+        for other in names:
+            if other != name:
+                assert all(f"/{other}/" not in t for t in topics)
+
+
+def test_a_layout_without_gateway_levels_cannot_tell_gateways_apart() -> None:
+    with pytest.raises(AuthError, match=r"\{gateway\}"):
+        gateway_topics(MqttSettings(topics=["sensors/{sensor_id}/readings"]), "gw1")
+
+
+def test_the_files_are_rendered_from_the_accounts_and_private(tmp_path: Path) -> None:
+    auth = AuthDir(tmp_path / "auth")
+    password = auth.add("gw1", "gateway", write=["gateways/gw1/sensors/+/readings"])
+    auth.add_service("iotmon-bridge", write=[], read=["#"])
+    with pytest.raises(AuthError, match="exists"):
+        auth.add("gw1", "gateway", write=["x"])
+    acl = (tmp_path / "auth" / "acl").read_text()
+    assert "user gw1\ntopic write gateways/gw1/sensors/+/readings\n" in acl
+    assert "user iotmon-bridge\ntopic read #\n" in acl
+    passwd = dict(
+        line.split(":", 1) for line in (tmp_path / "auth" / "passwd").read_text().splitlines()
+    )
+    salt = base64.b64decode(passwd["gw1"].split("$")[3])
+    assert hash_password(password, salt=salt) == passwd["gw1"]
+    for name in ("passwd", "acl", "accounts.json", "credentials/iotmon-bridge"):
+        mode = stat.S_IMODE((tmp_path / "auth" / name).stat().st_mode)
+        assert mode == 0o600, name
+    # The bridge's password is created once and kept.
+    assert auth.add_service("iotmon-bridge", write=[], read=["#"]) == (
+        auth.credential_file("iotmon-bridge").read_text().strip()
+    )
+    auth.revoke("gw1")
+    assert "gw1" not in (tmp_path / "auth" / "passwd").read_text()
+    assert "gw1" not in (tmp_path / "auth" / "acl").read_text()
+    with pytest.raises(AuthError):
+        auth.revoke("gw1")
+
+
+@pytest.mark.parametrize("topic", ["a/b#", "a/+b/c", "a/#/c", "", "a\nuser admin"])
+def test_a_topic_filter_that_could_widen_or_inject_is_refused(tmp_path: Path, topic: str) -> None:
+    with pytest.raises(AuthError):
+        AuthDir(tmp_path).add("gw1", "gateway", write=[topic])
+
+
+NOW = datetime(2026, 7, 1, 3, 0, tzinfo=UTC)
+
+
+def _validate(assigned: str | None, came_from: str | None) -> Accepted | Rejection:
+    record = SensorRecord(
+        sensor=Sensor(sensor_id="S-1", loc_id="A001", gateway=assigned),
+        location=Location(loc_id="A001", factory="F"),
+        updated_at=NOW,
+    )
+    doc = {
+        "sensor_id": "S-1",
+        "capture_dt": "2026-07-01T02:59:00Z",
+        "temperature": 20,
+        "humidity": 50,
+    }
+    [(result, _)] = validate_payload(
+        orjson.dumps(doc),
+        key_sensor_id="S-1",
+        lookup={"S-1": record}.get,
+        limits=Limits(),
+        now=NOW,
+        source="mqtt",
+        received_at=NOW,
+        gateway=came_from,
+    )
+    return result
+
+
+gateway_names = st.none() | st.sampled_from(["gw-a", "gw-b", "GW-A", "gw-a ", ""])
+
+
+@given(gateway_names, gateway_names)
+def test_an_assigned_sensor_accepts_its_own_gateway_only(
+    assigned: str | None, came_from: str | None
+) -> None:
+    if assigned in {"", "gw-a "}:
+        return  # not a valid assignment (the schema refuses it)
+    result = _validate(assigned, came_from)
+    if assigned is None or came_from == assigned:
+        assert isinstance(result, Accepted)
+    else:
+        assert isinstance(result, Rejection)
+        assert result.reason is DeadLetterReason.WRONG_GATEWAY
+        assert repr(assigned) in result.detail
