@@ -206,7 +206,7 @@ class LatestStatuses:
         delay = self.retry_min_s
         while True:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.kafka.bootstrap_servers,
+                **self.kafka.aiokafka_options(),
                 client_id=self.client_id,
                 group_id=None,
                 enable_auto_commit=False,

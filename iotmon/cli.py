@@ -55,6 +55,64 @@ def _register_gateways() -> None:
 
 _register_gateways()
 
+kafka_access_app = typer.Typer(
+    help="Kafka principals of the components and their ACLs (SASL/SCRAM brokers).",
+    no_args_is_help=True,
+)
+app.add_typer(kafka_access_app, name="kafka-access")
+
+
+@kafka_access_app.command("plan")
+def kafka_access_plan() -> None:
+    """What each principal may read and write, for these settings."""
+    from iotmon.kafka_access import access_plan  # noqa: PLC0415
+
+    table = Table("principal", "resource", "pattern", "operations")
+    for principal, grants in access_plan(_settings()).items():
+        for g in grants:
+            table.add_row(
+                principal,
+                f"{g.resource.name.lower()} {g.name}",
+                g.pattern.name.lower(),
+                ", ".join(op.name.lower() for op in g.operations),
+            )
+    Console().print(table)
+
+
+@kafka_access_app.command("apply")
+def kafka_access_apply(
+    passwords: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory with one password file per principal (created when missing, "
+            "mode 0600); default: the local stack's credentials."
+        ),
+    ] = None,
+) -> None:
+    """Create the principals' SCRAM credentials and ACLs, logged in as the super user
+    (IOTMON_KAFKA__SASL_USERNAME/PASSWORD; on the local stack its admin)."""
+    from iotmon.kafka_access import (  # noqa: PLC0415
+        PRINCIPALS,
+        access_plan,
+        apply,
+        load_or_create_passwords,
+    )
+    from iotmon.stack import Stack  # noqa: PLC0415
+
+    settings = _settings()
+    service = Stack(settings).kafka
+    admin = settings.kafka
+    if admin.security_protocol == "PLAINTEXT":
+        admin = service.admin_settings(admin)
+    directory = passwords or service.credential("x").parent
+    try:
+        apply(admin, access_plan(settings), load_or_create_passwords(directory, PRINCIPALS))
+    except Exception as exc:  # noqa: BLE001 - the broker's refusal, said plainly
+        console.print(f"[red]Kafka refused: {exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"Principals {', '.join(PRINCIPALS)}: passwords in {directory}")
+
+
 console = Console(stderr=True)
 log = logging.getLogger("iotmon")
 

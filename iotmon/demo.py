@@ -81,9 +81,7 @@ def stop_children(children: list[Child]) -> None:
 
 def topic_counts(settings: Settings, ids: list[TopicId]) -> dict[str, int]:
     """Records in each topic (sum of end minus start offsets)."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "iotmon-demo-count"}
-    )
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": "iotmon-demo-count"})
     counts: dict[str, int] = {}
     try:
         for topic_id in ids:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -47,6 +47,57 @@ class KafkaSettings(BaseModel):
     client_id: str = "iotmon"
     default_partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
+    # Authentication: SASL/SCRAM with this process's own principal (docs/security.md lists
+    # the principals and their ACLs); SASL_SSL also verifies the brokers against ssl_cafile.
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # read when a client is made, if no password
+    ssl_cafile: Path | None = None
+
+    def _password(self) -> str:
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        raise ValueError(
+            "IOTMON_KAFKA__SASL_PASSWORD (or _PASSWORD_FILE) is needed with "
+            f"IOTMON_KAFKA__SECURITY_PROTOCOL={self.security_protocol}"
+        )
+
+    def client_config(self) -> dict[str, str | int | float | bool]:
+        """The connection part of a confluent-kafka client's configuration."""
+        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf |= {
+                "security.protocol": self.security_protocol,
+                "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": self.sasl_username or "",
+                "sasl.password": self._password(),
+            }
+            if self.ssl_cafile is not None:
+                conf["ssl.ca.location"] = str(self.ssl_cafile)
+        return conf
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """The same for an aiokafka client (keyword arguments)."""
+        if self.security_protocol == "PLAINTEXT":
+            return {"bootstrap_servers": self.bootstrap_servers}
+        import ssl  # noqa: PLC0415
+
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self._password(),
+        }
+        if self.security_protocol == "SASL_SSL":
+            options["ssl_context"] = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        return options
 
 
 class DatabaseSettings(BaseModel):
@@ -243,6 +294,9 @@ class StackSettings(BaseModel):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "768m"
+    # scram: the broker requires SASL/SCRAM logins and authorises every request by ACL
+    # (principal "admin" is the super user; `iotmon kafka-access apply` creates the others).
+    kafka_auth: Literal["none", "scram"] = "none"
     postgres_port: int = 5433
     postgres_bin_dir: Path | None = None  # found with pg_config / /usr/lib/postgresql
     # TimescaleDB source release to build when the server has no installed extension; None:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return AdminClient(settings.client_config())
 
 
 def ensure_topics(

@@ -138,7 +138,7 @@ def parse_since(
 def _consumer(kafka: KafkaSettings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.client_config(),
             "client.id": f"{kafka.client_id}-dlq",
             # Required by the client; never joined or committed: the read uses assign().
             "group.id": f"{kafka.client_id}-dlq-{uuid.uuid4().hex[:8]}",

@@ -41,7 +41,7 @@ def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
     """Idempotent, ``acks=all``, murmur2 partitioner (where Java clients, aiokafka and Faust
     put a key; librdkafka's default would put 3 of 4 sensor ids on another partition)."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **settings.client_config(),
         "client.id": settings.client_id,
         "enable.idempotence": True,
         "acks": "all",
@@ -86,7 +86,7 @@ def produce(
 def max_message_bytes(settings: KafkaSettings, topic: str, timeout: float = 10) -> int | None:
     """The broker's ``max.message.bytes`` of ``topic`` (None when it cannot be read within
     ``timeout``; a topic just created may take a moment to be known)."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(settings.client_config())
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     deadline = time.monotonic() + timeout
     while True:

@@ -196,7 +196,7 @@ def published_ids(kafka: KafkaSettings, timeout: float = 30.0) -> set[int]:
     topic = topic_name("thresholds", kafka.topic_prefix)
     consumer = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.client_config(),
             "group.id": f"{kafka.client_id}-thresholds-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }

@@ -18,12 +18,13 @@ def read_topic(
     *,
     until: Callable[[list[Message]], bool],
     timeout: float = 30.0,
+    group: str | None = None,
 ) -> list[Message]:
     """Read ``topic`` from the beginning until ``until(messages)`` holds (or time runs out)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            **kafka.client_config(),
+            "group.id": group or f"reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AppSettings
-from iotmon.settings import Settings
+from iotmon.settings import KafkaSettings, Settings
 
 router = APIRouter(tags=["operations"])
 
@@ -30,8 +30,8 @@ class Readiness:
     time, with one long-lived Kafka admin client, and a database connection held only for
     its ``SELECT 1`` (a probe storm neither builds clients nor drains the pool)."""
 
-    def __init__(self, bootstrap: str, ttl_s: float = 2.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaSettings, ttl_s: float = 2.0) -> None:
+        self.kafka = kafka
         self.ttl_s = ttl_s
         self._admin: AdminClient | None = None
         self._admin_lock = threading.Lock()
@@ -44,7 +44,7 @@ class Readiness:
             with self._admin_lock:  # a probe left running by a cancelled request, too
                 if self._admin is None:
                     self._admin = AdminClient(
-                        {"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000}
+                        {**self.kafka.client_config(), "socket.timeout.ms": 2000}
                     )
                 admin = self._admin
             admin.list_topics(timeout=2)
@@ -81,9 +81,7 @@ class Readiness:
 def _readiness(request: Request, settings: Settings) -> Readiness:
     found: Readiness | None = getattr(request.app.state, "readiness", None)
     if found is None:
-        found = request.app.state.readiness = Readiness(
-            settings.kafka.bootstrap_servers, settings.api.ready_cache_s
-        )
+        found = request.app.state.readiness = Readiness(settings.kafka, settings.api.ready_cache_s)
     return found
 
 

@@ -284,7 +284,9 @@ async def delete_sensor(
     _changed(request)
     record = SensorRecord(
         sensor=Sensor(sensor_id=sensor_id, loc_id=current.loc_id, name=current.sensor_name),
-        location=Location.model_validate(current.model_dump(exclude={"sensor_id", "sensor_name", "gateway"})),
+        location=Location.model_validate(
+            current.model_dump(exclude={"sensor_id", "sensor_name", "gateway"})
+        ),
         deleted=True,
         updated_at=datetime.now(UTC),
     )

@@ -154,7 +154,7 @@ class _Tail:
     ) -> _Tail:
         name = topic_name(topic, settings.kafka.topic_prefix)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
+            **settings.kafka.aiokafka_options(),
             client_id=f"{settings.kafka.client_id}-api-stream",
             group_id=None,
             enable_auto_commit=False,

@@ -7,11 +7,13 @@ directory once per version, and run with the machine's Java (17+).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 from pathlib import Path
 from string import Template
 
-from iotmon.settings import StackSettings
+from iotmon.settings import KafkaSettings, StackSettings
 from iotmon.stack.process import (
     StackError,
     port_open,
@@ -25,6 +27,8 @@ from iotmon.stack.process import (
 log = logging.getLogger(__name__)
 
 NAME = "kafka"
+ADMIN = "admin"  # the super user of a SCRAM broker
+CONTROLLER_PRINCIPAL = "controller"  # the broker's own login on its controller listener
 
 
 class KafkaService:
@@ -46,7 +50,8 @@ class KafkaService:
     def _broker_ready(self) -> bool:
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - only when checked
 
-        admin = AdminClient({"bootstrap.servers": self.address, "socket.timeout.ms": 2000})
+        config = self.admin_settings(KafkaSettings()).client_config()
+        admin = AdminClient({**config, "socket.timeout.ms": 2000})
         try:
             admin.list_topics(timeout=2)
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -93,6 +98,63 @@ class KafkaService:
             *args,
         ]
 
+    def credential(self, principal: str) -> Path:
+        """Where the local stack keeps a principal's password (mode 0600)."""
+        return self.home / "credentials" / principal
+
+    def _password(self, principal: str) -> str:
+        path = self.credential(principal)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24) + "\n")
+        return path.read_text().strip()
+
+    def _listeners(self) -> str:
+        """The listener lines: plaintext, or SASL/SCRAM with ACLs (``kafka_auth=scram``).
+
+        With SCRAM, clients and the broker itself log in over SASL; the controller listener
+        uses SASL/PLAIN with a password only the broker knows (SCRAM credentials live in the
+        metadata the controller serves, so they cannot guard the controller).  ``admin``
+        and the broker's controller principal are the super users; every other principal
+        gets what ``iotmon kafka-access apply`` grants, nothing more."""
+        port, controller = self.s.kafka_port, self.s.kafka_controller_port
+        if self.s.kafka_auth == "none":
+            return "\n".join(
+                [
+                    f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                ]
+            )
+        admin = self._password(ADMIN)
+        ctl = self._password(CONTROLLER_PRINCIPAL)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        return "\n".join(
+            [
+                f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}",
+                "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,"
+                "CONTROLLER:SASL_PLAINTEXT",
+                "inter.broker.listener.name=SASL_PLAINTEXT",
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+                f'{scram} required username="{ADMIN}" password="{admin}";',
+                "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+                "sasl.mechanism.controller.protocol=PLAIN",
+                "listener.name.controller.plain.sasl.jaas.config="
+                f'{plain} required username="{CONTROLLER_PRINCIPAL}" password="{ctl}" '
+                f'user_{CONTROLLER_PRINCIPAL}="{ctl}";',
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                f"super.users=User:{ADMIN};User:{CONTROLLER_PRINCIPAL}",
+                "allow.everyone.if.no.acl.found=false",
+            ]
+        )
+
     def _configure(self) -> Path:
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -100,17 +162,40 @@ class KafkaService:
             kafka_port=self.s.kafka_port,
             controller_port=self.s.kafka_controller_port,
             data_dir=data,
+            listeners=self._listeners(),
         )
         props = self.home / "server.properties"
-        props.write_text(text)
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds passwords
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         if not (data / "meta.properties").exists():
             cluster_id = run(self._java("kafka.tools.StorageTool", "random-uuid"), "uuid").strip()
             cluster_id = cluster_id.splitlines()[-1].strip()
+            scram = []
+            if self.s.kafka_auth == "scram":
+                admin = self._password(ADMIN)
+                scram = ["--add-scram", f"SCRAM-SHA-512=[name={ADMIN},password={admin}]"]
             run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                self._java(
+                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), *scram
+                ),
                 "formatting Kafka storage",
             )
         return props
+
+    def admin_settings(self, base: KafkaSettings) -> KafkaSettings:
+        """``base`` logged in as the super user of this broker (plaintext: unchanged)."""
+        if self.s.kafka_auth == "none":
+            return base.model_copy(update={"bootstrap_servers": self.address})
+        return base.model_copy(
+            update={
+                "bootstrap_servers": self.address,
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_username": ADMIN,
+                "sasl_password": None,
+                "sasl_password_file": self.credential(ADMIN),
+            }
+        )
 
     def up(self) -> str:
         if self.answers():

@@ -73,6 +73,18 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log_file: P
     raise StackError(f"{what} did not come up within {timeout:.0f}s; last log lines:\n{tail}")
 
 
+def _reaped(pid: int) -> bool:
+    """Whether ``pid`` is a child of this process that has exited (and is now reaped).  A
+    child that exited stays a zombie until its parent waits for it, and a zombie still
+    answers ``kill(pid, 0)``: without this, stopping a service this same process started
+    waited out the whole timeout."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: init reaps it
+        return False
+    return done == pid
+
+
 def stop_pid(pid_file: Path, what: str, timeout: float = 30.0) -> bool:
     """SIGTERM the process of ``pid_file`` (SIGKILL after ``timeout``); False if none ran."""
     pid = read_pid(pid_file)
@@ -83,7 +95,7 @@ def stop_pid(pid_file: Path, what: str, timeout: float = 30.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if read_pid(pid_file) is None:
+        if _reaped(pid) or read_pid(pid_file) is None:
             break
         time.sleep(0.2)
     else:

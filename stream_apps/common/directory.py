@@ -43,7 +43,7 @@ class CompactedView(Generic[M]):
         self._is_deleted = is_deleted
         self._consumer = Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **kafka.client_config(),
                 "group.id": f"{kafka.client_id}-view",  # never committed: assign() only
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,

@@ -39,7 +39,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
     prefix = kafka.topic_prefix
     consumer = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.client_config(),
             "group.id": settings.ingest.group_id,
             "client.id": f"{kafka.client_id}-ingest",
             "enable.auto.commit": False,

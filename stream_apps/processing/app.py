@@ -59,6 +59,7 @@ class Worker:
         self.app = faust.App(
             f"{kafka.topic_prefix}{w.app_id}",
             broker=f"kafka://{kafka.bootstrap_servers}",
+            broker_credentials=faust_glue.credentials(kafka),
             store="memory://",
             web_port=w.web_port,
             web_enabled=False,
@@ -112,7 +113,7 @@ class Worker:
         self.processor = Processor(
             applier,
             topic_prefix=kafka.topic_prefix,
-            read_range=RangeReader(kafka.bootstrap_servers, repair_group, self.readings_name),
+            read_range=RangeReader(kafka, repair_group, self.readings_name),
         )
         self._settle = settle
         self._owned: set[int] = set()  # readings partitions assigned at the last batch

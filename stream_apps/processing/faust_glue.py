@@ -25,6 +25,21 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, TableT
 
+from iotmon.settings import KafkaSettings
+
+
+def credentials(kafka: KafkaSettings) -> faust.SASLCredentials | None:
+    """The worker's SASL/SCRAM login (None: plaintext, no authentication)."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    options = kafka.aiokafka_options()
+    return faust.SASLCredentials(
+        username=options["sasl_plain_username"],
+        password=options["sasl_plain_password"],
+        mechanism=kafka.sasl_mechanism,
+        ssl_context=options.get("ssl_context"),
+    )
+
 
 def install_transport(app: faust.App, fetch_max_wait_ms: int) -> None:
     """Make ``app`` consume with a fetch wait of ``fetch_max_wait_ms`` (call before the app

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
 
+from iotmon.settings import KafkaSettings
 from schemas.readings import ReadingBatch
 from stream_apps.processing.engine import PartitionState, SensorState
 from stream_apps.processing.failures import RepairIncomplete
@@ -44,9 +45,9 @@ class RangeReader:
     consumer of its own per read that never commits."""
 
     def __init__(
-        self, bootstrap_servers: str, group_id: str, topic: str, timeout_s: float = 60.0
+        self, kafka: KafkaSettings, group_id: str, topic: str, timeout_s: float = 60.0
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.group_id = group_id
         self.topic = topic
         self.timeout_s = timeout_s
@@ -59,7 +60,7 @@ class RangeReader:
         ``timeout_s``."""
         consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap_servers,
+                **self.kafka.client_config(),
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -53,7 +53,7 @@ def build(settings: Settings, name: str, metrics: SinkMetrics) -> SinkRunner[Any
     )
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            **settings.kafka.client_config(),
             "group.id": f"{settings.sink.group_prefix}-{name}",
             "client.id": f"{settings.kafka.client_id}-sink-{name}",
             "enable.auto.commit": False,
