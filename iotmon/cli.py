@@ -55,6 +55,43 @@ def _register_gateways() -> None:
 
 _register_gateways()
 
+db_app = typer.Typer(help="PostgreSQL: least-privilege roles.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("roles")
+def db_roles(
+    passwords: Annotated[
+        Path,
+        typer.Option(
+            help="Directory with a password file per role kind (migrator, sink, api); "
+            "created when missing (mode 0600)."
+        ),
+    ],
+) -> None:
+    """Create the migrator, sink and API roles with SCRAM passwords (run as the database's
+    superuser, DATABASE_URL), give the migrator the schema, and the others their rights on
+    the tables that exist (every later `iotmon migrate` renews them)."""
+    import psycopg  # noqa: PLC0415
+
+    from iotmon.credentials import load_or_create_passwords  # noqa: PLC0415
+    from iotmon.db.roles import KINDS, create_roles, grant_access  # noqa: PLC0415
+
+    settings = _settings()
+    db = settings.db
+    try:
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            names = create_roles(
+                conn, db.roles_prefix, load_or_create_passwords(passwords, KINDS), db.db_schema
+            )
+            grant_access(conn, db.db_schema, db.roles_prefix)
+    except psycopg.Error as exc:
+        console.print(f"[red]PostgreSQL refused: {exc}[/red]")
+        raise typer.Exit(1) from None
+    for kind, role in names.items():
+        console.print(f"{kind:9} {role}  (password: {passwords / kind})")
+
+
 kafka_access_app = typer.Typer(
     help="Kafka principals of the components and their ACLs (SASL/SCRAM brokers).",
     no_args_is_help=True,
@@ -91,12 +128,8 @@ def kafka_access_apply(
 ) -> None:
     """Create the principals' SCRAM credentials and ACLs, logged in as the super user
     (IOTMON_KAFKA__SASL_USERNAME/PASSWORD; on the local stack its admin)."""
-    from iotmon.kafka_access import (  # noqa: PLC0415
-        PRINCIPALS,
-        access_plan,
-        apply,
-        load_or_create_passwords,
-    )
+    from iotmon.credentials import load_or_create_passwords  # noqa: PLC0415
+    from iotmon.kafka_access import PRINCIPALS, access_plan, apply  # noqa: PLC0415
     from iotmon.stack import Stack  # noqa: PLC0415
 
     settings = _settings()

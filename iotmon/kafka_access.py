@@ -189,23 +189,3 @@ def apply(
         for future in client.create_acls(acls, request_timeout=timeout).values():
             future.result()
     log.info("Kafka access: %d principals, %d ACLs", len(plan), len(acls))
-
-
-def new_password() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def load_or_create_passwords(directory: Path, principals: tuple[str, ...]) -> dict[str, str]:
-    """One password file per principal in ``directory`` (mode 0600), created when missing."""
-    import os  # noqa: PLC0415
-
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    out = {}
-    for name in principals:
-        path = directory / name
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(new_password() + "\n")
-        out[name] = path.read_text().strip()
-    return out

@@ -115,6 +115,9 @@ class DatabaseSettings(BaseModel):
     # Backstop refresh of the daily and monthly rollups (continuous aggregates); the
     # aggregates sink refreshes what it changed in earlier days right after each batch.
     rollup_refresh_every: str = "15 minutes"
+    # Least-privilege roles (`iotmon db roles`): <prefix>_migrator owns, <prefix>_sink and
+    # <prefix>_api get their table rights from every `iotmon migrate`.
+    roles_prefix: str = Field("iotmon", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
 
 
 BRIDGE_ACCOUNT = "iotmon-bridge"  # the MQTT account the bridge logs in with
@@ -340,7 +343,11 @@ class Settings(BaseSettings):
             self.db.url = self.database_url
             self.stack.manage_postgres = False
         elif "url" not in self.db.model_fields_set:
-            self.db.url = f"postgresql://iotmon@127.0.0.1:{self.stack.postgres_port}/iotmon"
+            # The stack's superuser, its password from the stack's libpq password file.
+            pgpass = self.stack.state_dir / "postgres" / "pgpass"
+            self.db.url = (
+                f"postgresql://iotmon@127.0.0.1:{self.stack.postgres_port}/iotmon?passfile={pgpass}"
+            )
         if "bootstrap_servers" not in self.kafka.model_fields_set:
             self.kafka.bootstrap_servers = f"127.0.0.1:{self.stack.kafka_port}"
         if "port" not in self.mqtt.model_fields_set:

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from iotmon.db import rollups
+from iotmon.db.roles import grant_access
 from iotmon.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,13 @@ def _enable_timescaledb(settings: DatabaseSettings) -> bool:
             "SELECT default_version, installed_version FROM pg_available_extensions "
             "WHERE name = 'timescaledb'"
         ).fetchone()
-        loaded = conn.execute("SHOW shared_preload_libraries").fetchone()
+        try:
+            loaded = conn.execute("SHOW shared_preload_libraries").fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            # A least-privilege owner (iotmon db roles) may not read it.  An extension that
+            # exists was created with the library preloaded (CREATE EXTENSION refuses
+            # otherwise); one that does not cannot be created by this role anyway.
+            loaded = ("timescaledb",) if row is not None and row[1] is not None else ("",)
     preload = str(loaded[0]) if loaded else ""
     if row is None:
         return False
@@ -170,6 +177,9 @@ def migrate(settings: DatabaseSettings, directory: Path | None = None) -> list[i
                 applied_now.append(m.version)
             if timescale:
                 _keep_time_series_storage(conn, settings)
+            granted = grant_access(conn, schema, settings.roles_prefix)
+            if granted:
+                log.info("schema %s: table rights of %s", schema, ", ".join(granted))
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('iotmon.migrate.' || %s))", (schema,))
     return applied_now

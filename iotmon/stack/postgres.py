@@ -4,12 +4,19 @@ The server binaries come from the machine's packages (Debian ``postgresql``).  P
 refuses to run as root, so when the stack runs as root the cluster belongs to the
 ``postgres`` system user.  It preloads TimescaleDB whenever the extension is installed
 (see :mod:`iotmon.stack.timescaledb`), and restarts to match when that changes.
+
+No connection is trusted: every one, over TCP or the socket, logs in with a SCRAM password.
+The superuser's is generated once and kept in ``credentials/iotmon`` and a libpq password
+file (``pgpass``, mode 0600) that the stack's default database URL names.  A cluster made
+by an older stack (which trusted everyone) gets its password and ``pg_hba.conf`` on the
+next ``iotmon stack up``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +31,11 @@ from iotmon.stack.timescaledb import Server
 log = logging.getLogger(__name__)
 
 PRELOAD_FILE = "iotmon-preload.conf"
+HBA = """# Kept by `iotmon stack up`: every connection logs in with a SCRAM password.
+local   all  all                scram-sha-256
+host    all  all  127.0.0.1/32  scram-sha-256
+host    all  all  ::1/128       scram-sha-256
+"""
 DB_NAME = "iotmon"
 DB_USER = "iotmon"
 
@@ -59,7 +71,53 @@ class PostgresService:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{DB_USER}@127.0.0.1:{self.s.postgres_port}/{DB_NAME}"
+        return self.url_of(DB_NAME)
+
+    def url_of(self, database: str) -> str:
+        return (
+            f"postgresql://{DB_USER}@127.0.0.1:{self.s.postgres_port}/{database}"
+            f"?passfile={self.pgpass}"
+        )
+
+    @property
+    def pgpass(self) -> Path:
+        return self.home / "pgpass"
+
+    def _password(self) -> str:
+        """The superuser's password (generated once, mode 0600), and the password file
+        that libpq reads it from."""
+        path = self.home / "credentials" / DB_USER
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(path, secrets.token_urlsafe(24) + "\n")
+        password = path.read_text().strip()
+        lines = "".join(
+            f"{host}:{self.s.postgres_port}:*:{DB_USER}:{password}\n"
+            for host in ("127.0.0.1", "localhost", str(self.sock))
+        )
+        if not self.pgpass.exists() or self.pgpass.read_text() != lines:
+            _write_private(self.pgpass, lines)
+        return password
+
+    def _secure(self) -> bool:
+        """Give a cluster that trusted its clients the superuser's password and SCRAM in
+        ``pg_hba.conf``; True when the configuration must be reloaded."""
+        hba = self.data / "pg_hba.conf"
+        if hba.read_text() == HBA:
+            return False
+        password = self._password()
+        with psycopg.connect(self.url_of("postgres"), autocommit=True) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(DB_USER), sql.Literal(password)
+                )
+            )
+        hba.write_text(HBA)
+        if self.user:
+            shutil.chown(hba, self.user, self.user)
+        log.info("PostgreSQL: trust replaced by SCRAM passwords (pg_hba.conf)")
+        return True
 
     def _bin(self, name: str) -> str:
         return str(find_bin_dir(self.s.postgres_bin_dir) / name)
@@ -106,20 +164,32 @@ class PostgresService:
         if (self.data / "PG_VERSION").exists():
             return
         log.info("initialising a PostgreSQL cluster in %s", self.data)
-        run(
-            [
-                self._bin("initdb"),
-                "-D",
-                str(self.data),
-                "-U",
-                DB_USER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ],
-            "initdb",
-            user=self.user,
-        )
+        # initdb reads the superuser's password from a file it can read (as its user).
+        pwfile = self.home / ".initdb-password"
+        _write_private(pwfile, self._password() + "\n")
+        if self.user:
+            shutil.chown(pwfile, self.user, self.user)
+        try:
+            run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    DB_USER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                "initdb",
+                user=self.user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        (self.data / "pg_hba.conf").write_text(HBA)
+        if self.user:
+            shutil.chown(self.data / "pg_hba.conf", self.user, self.user)
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# iotmon local stack\n"
@@ -156,8 +226,7 @@ class PostgresService:
 
     def _restart_reason(self, preload: str) -> str | None:
         """Why the running server must restart to match its configuration and binaries."""
-        admin_url = f"postgresql://{DB_USER}@127.0.0.1:{self.s.postgres_port}/postgres"
-        with psycopg.connect(admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.url_of("postgres"), autocommit=True) as conn:
             loaded = str(conn.execute("SHOW shared_preload_libraries").fetchone()[0])  # type: ignore[index]
             running = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
         if loaded != preload:
@@ -173,6 +242,9 @@ class PostgresService:
         if self.answers():
             if not self._running():
                 return "already running (not started by the stack)"
+            self._password()
+            if self._secure():
+                self._pg_ctl("reload")
             reason = self._restart_reason(self._write_preload())
             if reason is None:
                 return "already running"
@@ -185,10 +257,13 @@ class PostgresService:
                 f"port {self.s.postgres_port} is taken by a process the stack did not start"
             )
         self._init()
+        self._password()
         if not self._running():
             self._write_preload()
             self._pg_ctl("start")
         wait_until(self.answers, self.s.start_timeout_s, "PostgreSQL", self.log_file)
+        if self._secure():
+            self._pg_ctl("reload")
         self._ensure_database()
         return "started"
 
@@ -211,8 +286,7 @@ class PostgresService:
         )
 
     def _ensure_database(self) -> None:
-        admin_url = f"postgresql://{DB_USER}@127.0.0.1:{self.s.postgres_port}/postgres"
-        with psycopg.connect(admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.url_of("postgres"), autocommit=True) as conn:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
             if found.fetchone() is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
@@ -227,3 +301,9 @@ class PostgresService:
             user=self.user,
         )
         return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -22,13 +22,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from pydantic import SecretStr
 
-from iotmon.kafka_access import (
-    PRINCIPALS,
-    access_plan,
-    apply,
-    load_or_create_passwords,
-    principal_settings,
-)
+from iotmon.credentials import load_or_create_passwords
+from iotmon.kafka_access import PRINCIPALS, access_plan, apply, principal_settings
 from iotmon.settings import DatabaseSettings, KafkaSettings, Settings
 from iotmon.stack import infra_dir
 from iotmon.stack.kafka import KafkaService
