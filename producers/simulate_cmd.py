@@ -121,8 +121,10 @@ def gateway_login(settings: MqttSettings, gateway: str | None) -> MqttSettings:
             "publishing over MQTT needs a gateway account: --gateway NAME (create one with "
             "`iotmon gateways add NAME --save`) or IOTMON_MQTT__USERNAME/PASSWORD"
         )
-    if name == settings.username and settings.password is not None:
-        return settings
+    if name == settings.username and (
+        settings.password is not None or settings.password_file is not None
+    ):
+        return settings  # the account and password the settings name
     saved = settings.auth_dir / "credentials" / name if settings.auth_dir else None
     return settings.model_copy(update={"username": name, "password": None, "password_file": saved})
 

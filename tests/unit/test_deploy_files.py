@@ -23,7 +23,9 @@ def test_compose_file_is_valid_and_complete() -> None:
         "kafka",
         "postgres",
         "mosquitto",
+        "db-roles",
         "migrate",
+        "kafka-access",
         "topics",
         "bridge",
         "ingest",
@@ -38,8 +40,13 @@ def test_compose_file_is_valid_and_complete() -> None:
         assert "image" in service or "build" in service, name
         for dep in service.get("depends_on", {}):
             assert dep in services, (name, dep)
+        for secret in service.get("secrets", []):
+            assert secret["source"] in doc["secrets"], (name, secret)
     for volume in ("kafka-data", "pg-data", "mosquitto-data"):
         assert volume in doc["volumes"]
+    # The password files live under deploy/, outside the repository's tracked files.
+    for name, secret in doc["secrets"].items():
+        assert secret["file"].startswith("./deploy/"), name
 
 
 def test_k8s_manifests_parse_and_are_all_listed() -> None:
@@ -70,13 +77,21 @@ def test_compose_publishes_only_the_api_and_mqtt_and_holds_no_secret() -> None:
     assert published == {"api", "mosquitto"}
     for name, service in services.items():
         env = service.get("environment", {})
-        for key in ("POSTGRES_PASSWORD", "DATABASE_URL", "IOTMON_API__TOKENS"):
-            if key in env:
-                # Supplied by the operator (.env), required: compose stops without it.
-                assert "${IOTMON_" in env[key] and ":?" in env[key], (name, key)
+        # Passwords come from mounted files (compose "secrets"), never from the environment.
+        assert "POSTGRES_PASSWORD" not in env and "PGPASSWORD" not in env, name
+        assert "IOTMON_KAFKA__SASL_PASSWORD" not in env, name
+        if "DATABASE_URL" in env:
+            assert re.fullmatch(r"postgresql://[a-z_]+@postgres:5432/iotmon", env["DATABASE_URL"])
+            assert env["PGPASSWORD_FILE"].startswith("/run/secrets/"), name
+            assert "PGPASSWORD_FILE" in service["entrypoint"][2], name
+        if "IOTMON_API__TOKENS" in env:
+            # Supplied by the operator (.env), required: compose stops without it.
+            value = env["IOTMON_API__TOKENS"]
+            assert "${IOTMON_" in value and ":?" in value, name
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"].startswith("/run/secrets/")
     assert "change-me" not in text and "iotmon:iotmon@" not in text
     example = (ROOT / ".env.example").read_text()
-    assert "IOTMON_DB_PASSWORD=\n" in example and "IOTMON_API_TOKENS=\n" in example
+    assert "IOTMON_API_TOKENS=\n" in example and "IOTMON_DB_PASSWORD" not in example
     assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
@@ -103,7 +118,7 @@ def _workloads() -> list[dict[str, Any]]:
 
 def test_k8s_pods_are_hardened() -> None:
     workloads = _workloads()
-    assert len(workloads) == 9
+    assert len(workloads) == 12
     for workload in workloads:
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
@@ -176,11 +191,11 @@ def test_k8s_secrets_referenced_are_in_the_example_with_placeholders_only() -> N
     for doc in examples:
         for value in doc["stringData"].values():
             # Placeholders only: every value is one <...> the operator replaces.
-            assert re.fullmatch(r"[^<>]*<[a-z][^<>]*>[^<>]*(<[a-z][^<>]*>[^<>]*)*", value), (
-                doc["metadata"]["name"]
-            )
+            assert re.fullmatch(r"[^<>]*<[a-z][^<>]*>[^<>]*(<[a-z][^<>]*>[^<>]*)*", value), doc[
+                "metadata"
+            ]["name"]
             assert not re.search(r"[A-Za-z0-9+/]{24,}", value), doc["metadata"]["name"]
-    example_names = {doc["metadata"]["name"] for doc in examples}
+    example_keys = {doc["metadata"]["name"]: set(doc["stringData"]) for doc in examples}
     referenced = set()
     for workload in _workloads():
         pod = workload["spec"]["template"]["spec"]
@@ -188,10 +203,18 @@ def test_k8s_secrets_referenced_are_in_the_example_with_placeholders_only() -> N
             for source in container.get("envFrom", []):
                 if "secretRef" in source:
                     referenced.add(source["secretRef"]["name"])
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced.add(ref["name"])
+                    assert ref["key"] in example_keys[ref["name"]], ref
         for volume in pod.get("volumes", []):
             if "secret" in volume:
-                referenced.add(volume["secret"]["secretName"])
-    assert referenced == example_names
+                name = volume["secret"]["secretName"]
+                referenced.add(name)
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in example_keys[name], (name, item)
+    assert referenced == set(example_keys)
 
 
 def test_dockerfile_pins_its_base_and_runs_as_a_numeric_non_root_user() -> None:
@@ -234,3 +257,232 @@ def test_every_mosquitto_we_ship_refuses_anonymous_clients_and_offers_tls(where:
     assert "password_file" in options and "acl_file" in options
     assert sum(words[0] == "listener" for words in lines) == 2
     assert {"cafile", "certfile", "keyfile"} <= set(options)
+
+
+# --- Logins: Kafka (SASL/SCRAM + ACLs) and PostgreSQL (least-privilege roles) -------------
+
+# The Kafka principal of each iotmon pod (None: no Kafka login at all) ...
+K8S_KAFKA_PRINCIPALS: dict[str, str | None] = {
+    "iotmon-bridge": "bridge",
+    "iotmon-ingest": "ingest",
+    "iotmon-worker": "worker",
+    "iotmon-sink": "sink",
+    "iotmon-api": "api",
+    "iotmon-kafka-access": "admin",
+    "iotmon-topics": "admin",
+    "iotmon-migrate": None,
+    "iotmon-db-roles": None,
+}
+# ... and its PostgreSQL role (None: no database login).
+K8S_DB_ROLES: dict[str, str | None] = {
+    "iotmon-bridge": None,
+    "iotmon-ingest": "iotmon_sink",
+    "iotmon-worker": None,
+    "iotmon-sink": "iotmon_sink",
+    "iotmon-api": "iotmon_api",
+    "iotmon-kafka-access": None,
+    "iotmon-topics": None,
+    "iotmon-migrate": "iotmon_migrator",
+    "iotmon-db-roles": "iotmon",  # the superuser: this one-shot job alone
+}
+SUPERUSER = "iotmon"
+KAFKA_PRINCIPALS = ("admin", "controller", "gateway", "bridge", "ingest", "worker", "sink", "api")
+
+
+def _properties(text: str) -> dict[str, str]:
+    out = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _iotmon_containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(app label, pod spec, container) of every iotmon container."""
+    out = []
+    for workload in _workloads():
+        pod = workload["spec"]["template"]["spec"]
+        app = workload["spec"]["template"]["metadata"]["labels"]["app"]
+        for container in pod["containers"]:
+            if container["image"].startswith("iotmon"):
+                out.append((app, pod, container))
+    return out
+
+
+def _resolved_env(container: dict[str, Any]) -> dict[str, Any]:
+    """The container's environment: its ConfigMaps, then its own variables (which win)."""
+    config_maps = {
+        d["metadata"]["name"]: d["data"] for d in _k8s_docs() if d["kind"] == "ConfigMap"
+    }
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]])
+    for var in container.get("env", []):
+        env[var["name"]] = var.get("value", var.get("valueFrom"))
+    return env
+
+
+def _secret_mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mount path -> the secret volume mounted there."""
+    volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+    return {
+        m["mountPath"]: volumes[m["name"]]
+        for m in container.get("volumeMounts", [])
+        if m["name"] in volumes
+    }
+
+
+def test_k8s_every_iotmon_container_logs_in_to_kafka_as_its_own_principal() -> None:
+    containers = _iotmon_containers()
+    assert {app for app, _, _ in containers} == set(K8S_KAFKA_PRINCIPALS)
+    for app, pod, container in containers:
+        env = _resolved_env(container)
+        principal = K8S_KAFKA_PRINCIPALS[app]
+        assert env["IOTMON_KAFKA__SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", app
+        assert env.get("IOTMON_KAFKA__SASL_USERNAME") == principal, app
+        assert "IOTMON_KAFKA__SASL_PASSWORD" not in env, app  # a file, never a value
+        kafka_secret = _secret_mounts(pod, container).get("/run/secrets/kafka")
+        if principal is None:
+            assert "IOTMON_KAFKA__SASL_PASSWORD_FILE" not in env, app
+            assert kafka_secret is None, app
+            continue
+        assert env["IOTMON_KAFKA__SASL_PASSWORD_FILE"] == f"/run/secrets/kafka/{principal}", app
+        assert kafka_secret is not None, app
+        assert kafka_secret["secretName"] == "iotmon-kafka-credentials", app
+        keys = {item["key"] for item in kafka_secret["items"]}
+        if app == "iotmon-kafka-access":
+            # It sets every component principal's credential; the controller's is not its.
+            assert keys == set(KAFKA_PRINCIPALS) - {"controller"}, app
+        else:
+            assert keys == {principal}, app  # its own password and no other
+
+
+def test_k8s_database_logins_are_least_privilege() -> None:
+    for app, _, container in _iotmon_containers():
+        env = _resolved_env(container)
+        role = K8S_DB_ROLES[app]
+        if role is None:
+            assert "DATABASE_URL" not in env and "PGPASSWORD" not in env, app
+            continue
+        assert env["DATABASE_URL"] == f"postgresql://{role}@postgres:5432/iotmon", app
+        ref = env["PGPASSWORD"]["secretKeyRef"]
+        kind = "POSTGRES_PASSWORD" if role == SUPERUSER else role.removeprefix("iotmon_")
+        assert ref == {"name": "iotmon-database", "key": kind}, app
+        for source in container.get("envFrom", []):
+            assert source.get("secretRef", {}).get("name") != "iotmon-database", app
+    postgres = next(w for w in _workloads() if w["metadata"]["name"] == "postgres")
+    container = postgres["spec"]["template"]["spec"]["containers"][0]
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["POSTGRES_USER"] == SUPERUSER and "POSTGRES_PASSWORD_FILE" in env
+
+
+def test_every_kafka_broker_we_ship_requires_scram_and_acls() -> None:
+    kafka = ROOT / "infra" / "kafka"
+    props_text = (kafka / "docker-scram.properties").read_text()
+    props = _properties(props_text)
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["authorizer.class.name"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    )
+    assert props["super.users"] == "User:admin;User:controller"
+    assert props["listeners"] == "SASL_PLAINTEXT://:9092,CONTROLLER://:9093"
+    assert props["advertised.listeners"] == "SASL_PLAINTEXT://kafka:9092"
+    assert props["listener.security.protocol.map"] == (
+        "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+    )
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props["auto.create.topics.enable"] == "false"
+    assert "PLAINTEXT://" not in props["listeners"].replace("SASL_PLAINTEXT://", "")
+    # No password in the repository: the JAAS lines hold placeholders only.
+    jaas = [v for k, v in props.items() if k.endswith("sasl.jaas.config")]
+    assert len(jaas) == 2
+    for value in jaas:
+        assert set(re.findall(r'password="([^"]*)"', value)) <= {
+            "@ADMIN_PASSWORD@",
+            "@CONTROLLER_PASSWORD@",
+        }, value
+    start = (kafka / "docker-scram-start.sh").read_text()
+    assert "kafka-storage.sh format --ignore-formatted" in start and "--add-scram" in start
+    assert "exec /opt/kafka/bin/kafka-server-start.sh" in start
+    # Kubernetes runs the same files, from the kafka-config ConfigMap.
+    docs = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "kafka.yaml").read_text()))
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert config["data"] == {
+        "server.properties": props_text,
+        "start.sh": start,
+        "log4j2.yaml": (kafka / "log4j2.yaml").read_text(),
+    }
+    broker = next(d for d in docs if d["kind"] == "StatefulSet")
+    container = broker["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "/etc/iotmon-kafka/start.sh"]
+    assert not any(v["name"].startswith("KAFKA_LISTENER") for v in container["env"])
+    # ... and compose mounts them.
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["kafka"]
+    assert service["command"] == ["/bin/sh", "/etc/iotmon-kafka/start.sh"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in service["volumes"]}
+    assert mounts["./infra/kafka/docker-scram.properties"] == "/etc/iotmon-kafka/server.properties"
+    assert mounts["./infra/kafka/docker-scram-start.sh"] == "/etc/iotmon-kafka/start.sh"
+    assert not any(k.startswith("KAFKA_LISTENER") for k in service.get("environment", {}))
+
+
+# The Kafka principal and the PostgreSQL role of each compose service that runs iotmon.
+COMPOSE_LOGINS: dict[str, tuple[str | None, str | None]] = {
+    "db-roles": (None, SUPERUSER),
+    "migrate": (None, "iotmon_migrator"),
+    "kafka-access": ("admin", None),
+    "topics": ("admin", None),
+    "bridge": ("bridge", None),
+    "ingest": ("ingest", "iotmon_sink"),
+    "worker": ("worker", None),
+    "sink": ("sink", "iotmon_sink"),
+    "api": ("api", "iotmon_api"),
+    "simulator": ("api", "iotmon_api"),  # registers master data as the API does
+}
+
+
+def test_compose_components_log_in_with_their_own_principal_and_role() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    iotmon = {n for n, s in services.items() if s.get("image", "").startswith("iotmon")}
+    assert iotmon == set(COMPOSE_LOGINS)
+    superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+    assert superuser == SUPERUSER
+    for name, (principal, role) in COMPOSE_LOGINS.items():
+        service = services[name]
+        env = service["environment"]
+        mounted = {s["target"]: s["source"] for s in service.get("secrets", [])}
+        if principal is None:
+            assert "IOTMON_KAFKA__SASL_USERNAME" not in env, name
+            assert not any(t.startswith("/run/secrets/kafka/") for t in mounted), name
+        else:
+            assert env["IOTMON_KAFKA__SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+            assert env["IOTMON_KAFKA__SASL_USERNAME"] == principal, name
+            password_file = env["IOTMON_KAFKA__SASL_PASSWORD_FILE"]
+            assert password_file == f"/run/secrets/kafka/{principal}", name
+            assert mounted[password_file] == f"kafka-{principal}", name
+            if name != "kafka-access":  # it sets the others' credentials
+                kafka_files = {t for t in mounted if t.startswith("/run/secrets/kafka/")}
+                assert kafka_files == {password_file}, name
+        if role is None:
+            assert "DATABASE_URL" not in env, name
+            continue
+        url = env["DATABASE_URL"]
+        assert url == f"postgresql://{role}@postgres:5432/iotmon", name
+        if name in {"api", "sink", "ingest", "simulator", "migrate"}:
+            assert not url.startswith(f"postgresql://{superuser}@"), name
+            assert not url.startswith(f"postgresql://{superuser}:"), name
+        kind = "postgres" if role == superuser else role.removeprefix("iotmon_")
+        assert mounted[env["PGPASSWORD_FILE"]] == f"db-{kind}", name
+    # The superuser's password reaches PostgreSQL and the db-roles job alone.
+    holders = {
+        n for n, s in services.items() for x in s.get("secrets", []) if x["source"] == "db-postgres"
+    }
+    assert holders == {"postgres", "db-roles"}
+    holders = {
+        n for n, s in services.items() for x in s.get("secrets", []) if x["source"] == "kafka-admin"
+    }
+    assert holders == {"kafka", "kafka-access", "topics"}

@@ -151,3 +151,22 @@ def test_an_assigned_sensor_accepts_its_own_gateway_only(
         assert isinstance(result, Rejection)
         assert result.reason is DeadLetterReason.WRONG_GATEWAY
         assert repr(assigned) in result.detail
+
+
+def test_the_simulator_logs_in_as_a_gateway_never_as_the_bridge(tmp_path: Path) -> None:
+    from iotmon.settings import Settings  # noqa: PLC0415
+    from producers.simulate_cmd import gateway_login, mqtt_topic  # noqa: PLC0415
+
+    bridge = Settings().mqtt.model_copy(update={"auth_dir": tmp_path})
+    with pytest.raises(ValueError, match="gateway account"):
+        gateway_login(bridge, None)
+    named = gateway_login(bridge, "line-3")
+    assert named.username == "line-3"
+    assert named.password_file == tmp_path / "credentials" / "line-3"
+    assert mqtt_topic(named, "S-1") == "gateways/line-3/sensors/S-1/readings"
+    # A deployment names the account and mounts its password: kept as configured.
+    mounted = bridge.model_copy(
+        update={"username": "line-3", "password_file": Path("/run/secrets/mqtt-gateway")}
+    )
+    assert gateway_login(mounted, "line-3") is mounted
+    assert gateway_login(mounted, None) is mounted
