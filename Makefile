@@ -53,7 +53,7 @@ test: up
 # The stack's state directory (its libpq password file); expanded when a recipe runs.
 STATE_DIR = $(shell $(BIN)/python -c 'from iotmon.settings import Settings; print(Settings().stack.state_dir)')
 test-plain: up
-	IOTMON_DB__URL="postgresql://iotmon@127.0.0.1:5433/iotmon_plain?passfile=$(STATE_DIR)/postgres/pgpass" \
+	IOTMON_DB__URL="postgresql://iotmon@127.0.0.1:5433/iotmon_plain?passfile=$(STATE_DIR)/postgres-auth/pgpass" \
 		IOTMON_DB__TIMESCALEDB=off \
 		$(BIN)/python -m pytest $(STORAGE_TESTS)
 

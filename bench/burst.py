@@ -106,6 +106,8 @@ def main() -> None:
         **os.environ,
         "IOTMON_KAFKA__TOPIC_PREFIX": run.kafka.topic_prefix,
         "IOTMON_DB__DB_SCHEMA": run.db.db_schema,
+        # The stack's database login (its password file), although the state is elsewhere.
+        "IOTMON_DB__URL": run.db.url,
         "IOTMON_INGEST__GROUP_ID": f"ingest-{run.id}",
         "IOTMON_WORKER__APP_ID": f"worker-{run.id}",
         "IOTMON_WORKER__SILENT_AFTER_S": "3600",

@@ -416,6 +416,8 @@ def _start_pipeline(
         **os.environ,
         "IOTMON_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "IOTMON_DB__DB_SCHEMA": settings.db.db_schema,
+        # The stack's database login (its password file), although the state is elsewhere.
+        "IOTMON_DB__URL": settings.db.url,
         "IOTMON_MQTT__TOPIC_PREFIX": settings.mqtt.topic_prefix,
         "IOTMON_MQTT__CLIENT_ID": settings.mqtt.client_id,
         # The stack's accounts, although each run keeps its state elsewhere.

@@ -173,6 +173,8 @@ def env_for(settings: Settings, app_id: str, log_dir: Path) -> dict[str, str]:
         **os.environ,
         "IOTMON_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "IOTMON_DB__DB_SCHEMA": settings.db.db_schema,
+        # The stack's database login (its password file), although the state is elsewhere.
+        "IOTMON_DB__URL": settings.db.url,
         "IOTMON_WORKER__APP_ID": app_id,
         "IOTMON_WORKER__METRICS_PORT": "0",
         "IOTMON_WORKER__SILENT_AFTER_S": "86400",

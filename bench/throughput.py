@@ -188,6 +188,8 @@ def run_pipeline(
             **os.environ,
             "IOTMON_KAFKA__TOPIC_PREFIX": run.kafka.topic_prefix,
             "IOTMON_DB__DB_SCHEMA": run.db.db_schema,
+            # The stack's database login (its password file), although the state is elsewhere.
+            "IOTMON_DB__URL": run.db.url,
             "IOTMON_INGEST__GROUP_ID": f"ingest-{run.id}",
             "IOTMON_INGEST__METRICS_PORT": "0",
             "IOTMON_WORKER__APP_ID": f"worker-{run.id}",

@@ -37,6 +37,15 @@ DEMO_TOKEN = "demo-admin-token"
 # The simulator publishes as this gateway account (created on first use, its password kept
 # in the stack's auth directory); the simulated sensors are assigned to it.
 DEMO_GATEWAY = "demo-gateway"
+DEMO_TOPICS: list[TopicId] = [
+    "readings_mqtt",
+    "readings_raw",
+    "readings",
+    "dead_letters",
+    "sensors",
+    "aggregates_hourly",
+    "alerts",
+]
 
 
 @dataclass
@@ -117,6 +126,6 @@ def run_demo(settings: Settings, simulate_args: list[str]) -> int:
         stop_children(children)
         for name, count in topic_counts(
             settings,
-            ["readings_raw", "readings", "dead_letters", "sensors", "aggregates_hourly", "alerts"],
+            DEMO_TOPICS,
         ).items():
             log.info("topic %-40s %8d records", name, count)

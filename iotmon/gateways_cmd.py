@@ -42,6 +42,36 @@ def _auth(settings: Settings, directory: Path | None) -> tuple[AuthDir, bool]:
     return AuthDir(path), path.resolve() == settings.mqtt.auth_dir.resolve()
 
 
+def _refuse_foreign_topics(settings: Settings, name: str, topics: list[str]) -> None:
+    """AuthError for a custom topic filter that can match another gateway's topics: one
+    that reaches a pattern's ``{gateway}`` level with anything but the account's own name."""
+    mqtt = settings.mqtt
+    roots = []
+    for pattern in [*mqtt.topics, *mqtt.extra_topics]:
+        levels = (mqtt.topic_prefix + pattern).split("/")
+        if "{gateway}" in levels:
+            roots.append(levels[: levels.index("{gateway}")])
+    for t in topics:
+        levels = t.split("/")
+        for root in roots:
+            reaches = True
+            for i, fixed in enumerate(root):
+                if i >= len(levels) or levels[i] == "#":
+                    reaches = i < len(levels)  # '#' here covers every gateway
+                    break
+                if levels[i] not in ("+", fixed):
+                    reaches = False
+                    break
+            else:
+                at_gateway = levels[len(root)] if len(levels) > len(root) else None
+                reaches = at_gateway is not None and at_gateway != name
+            if reaches:
+                raise AuthError(
+                    f"topic {t!r} can match other gateways' topics ({'/'.join(root)}/...): "
+                    "the bridge would take its messages for theirs; use --force if intended"
+                )
+
+
 def local_gateway(settings: Settings, name: str, write: list[str] | None = None) -> MqttSettings:
     """The MQTT settings of gateway ``name`` on the local stack, creating the account (its
     password kept under ``credentials/``) when it has none yet, allowed to write ``write``
@@ -102,6 +132,14 @@ def add(
             "gateway simulated on this machine (`iotmon simulate --gateway NAME`).",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Allow --topic filters that reach into other gateways' topics (they could "
+            "then speak for those gateways).",
+        ),
+    ] = False,
     directory: DirOption = None,
 ) -> None:
     """Create a gateway account and print its password once (it is stored only hashed)."""
@@ -109,6 +147,8 @@ def add(
     auth, local = _auth(settings, directory)
     try:
         topics = list(topic) if topic else gateway_topics(settings.mqtt, name)
+        if topic and not force:
+            _refuse_foreign_topics(settings, name, topics)
         if name == BRIDGE_ACCOUNT:
             raise AuthError(f"{BRIDGE_ACCOUNT!r} is the bridge's account")
         password = auth.add(name, "gateway", write=topics, replace=replace)

@@ -8,8 +8,8 @@ they use, nothing more:
 principal  reads                                               writes
 ========== =================================================== ==============================
 gateway    -                                                   raw readings
-bridge     -                                                   raw readings, dead letters
-ingest     raw readings, sensors                               readings, dead letters, sensors
+bridge     -                                                   bridged readings, dead letters
+ingest     raw and bridged readings, sensors                   readings, dead letters, sensors
 worker     readings, sensors, thresholds                       clock ticks into readings,
                                                                late readings, hourly
                                                                aggregates, latest, alerts,
@@ -95,9 +95,9 @@ def access_plan(settings: Settings) -> dict[Principal, list[Grant]]:
     prefixed = ResourcePatternType.PREFIXED
     return {
         "gateway": _topics(p, ("readings_raw",), _WRITE),
-        "bridge": _topics(p, ("readings_raw", "dead_letters"), _WRITE),
+        "bridge": _topics(p, ("readings_mqtt", "dead_letters"), _WRITE),
         "ingest": [
-            *_topics(p, ("readings_raw", "sensors"), _READ),
+            *_topics(p, ("readings_raw", "readings_mqtt", "sensors"), _READ),
             *_topics(p, ("readings", "dead_letters", "sensors"), _WRITE),
             _group(settings.ingest.group_id),
             view_group,

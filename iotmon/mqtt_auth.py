@@ -74,12 +74,33 @@ def check_name(name: str) -> str:
 
 def gateway_topics(settings: MqttSettings, name: str) -> list[str]:
     """The topics gateway ``name`` may write: every reading pattern that names
-    ``{gateway}``, filled in (``{sensor_id}`` becomes ``+``)."""
+    ``{gateway}``, filled in (``{sensor_id}`` becomes ``+``).
+
+    AuthError for a layout in which one gateway's topics could be read as another's: a
+    ``{gateway}`` pattern must start with a fixed level and have no ``+`` or ``#`` (else
+    ``{gateway}/#`` lets account ``gateways`` write ``gateways/<other>/...``), and no
+    account may be named like a fixed level of a pattern."""
     check_name(name)
+    patterns = [*settings.topics, *settings.extra_topics]
+    fixed = {
+        level
+        for p in patterns
+        for level in p.split("/")
+        if level not in ("+", "#", "{gateway}", "{sensor_id}")
+    }
+    if name in fixed:
+        raise AuthError(f"account name {name!r} is a fixed level of a topic pattern; pick another")
     topics = []
-    for pattern in [*settings.topics, *settings.extra_topics]:
-        if "{gateway}" not in pattern.split("/"):
+    for pattern in patterns:
+        levels = pattern.split("/")
+        if "{gateway}" not in levels:
             continue
+        if levels[0] in ("{gateway}", "{sensor_id}", "+", "#") or "+" in levels or "#" in levels:
+            raise AuthError(
+                f"topic pattern {pattern!r}: a pattern with {{gateway}} must start with a "
+                "fixed level and have no '+' or '#', so that no gateway's topics can be read "
+                "as another's"
+            )
         levels = [
             name if level == "{gateway}" else "+" if level == "{sensor_id}" else level
             for level in pattern.split("/")
@@ -111,10 +132,26 @@ class AuthDir:
         self.source = path / "accounts.json"
 
     def accounts(self) -> dict[str, Account]:
+        """The accounts, checked as strictly as when they were added: a hand-edited or
+        damaged file is an AuthError, never lines written into the ACL."""
         if not self.source.exists():
             return {}
-        doc = json.loads(self.source.read_text())
-        return {name: Account(**fields) for name, fields in doc.items()}
+        try:
+            doc = json.loads(self.source.read_text())
+            accounts = {name: Account(**fields) for name, fields in doc.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise AuthError(f"{self.source} is not a valid accounts file: {exc}") from None
+        for name, account in accounts.items():
+            check_name(name)
+            if account.name != name or account.kind not in ("gateway", "service"):
+                raise AuthError(f"{self.source}: account {name!r} is inconsistent")
+            for topic in [*account.write, *account.read]:
+                _check_topic(topic)
+            if not re.fullmatch(
+                r"\$7\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", account.password_hash
+            ):
+                raise AuthError(f"{self.source}: account {name!r} has no valid password hash")
+        return accounts
 
     def _save(self, accounts: dict[str, Account]) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)

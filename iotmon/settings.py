@@ -344,7 +344,7 @@ class Settings(BaseSettings):
             self.stack.manage_postgres = False
         elif "url" not in self.db.model_fields_set:
             # The stack's superuser, its password from the stack's libpq password file.
-            pgpass = self.stack.state_dir / "postgres" / "pgpass"
+            pgpass = self.stack.state_dir / "postgres-auth" / "pgpass"
             self.db.url = (
                 f"postgresql://iotmon@127.0.0.1:{self.stack.postgres_port}/iotmon?passfile={pgpass}"
             )

@@ -18,10 +18,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # the broker's default max.message.byte
 def record_limit(settings: Settings) -> int:
     """The largest record the bridge can hand to Kafka: the raw topic's limit as the broker
     has it (the registry's when it cannot be read), and the producer's."""
-    raw = topic_name("readings_raw", settings.kafka.topic_prefix)
+    raw = topic_name("readings_mqtt", settings.kafka.topic_prefix)
     topic = max_message_bytes(settings.kafka, raw)
     if topic is None:
-        topic = TOPICS["readings_raw"].max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+        topic = TOPICS["readings_mqtt"].max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
     return min(topic, int(producer_config(settings.kafka)["message.max.bytes"]))
 
 
@@ -32,7 +32,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> Bridge:
         make_producer(settings.kafka, **{"client.id": f"{settings.kafka.client_id}-bridge"}),
         settings.mqtt,
         settings.bridge,
-        raw_topic=topic_name("readings_raw", prefix),
+        raw_topic=topic_name("readings_mqtt", prefix),
         dead_letter_topic=topic_name("dead_letters", prefix),
         metrics=BridgeMetrics(registry),
         max_record_bytes=record_limit(settings),

@@ -113,9 +113,10 @@ def upsert(conn: psycopg.Connection[Any], data: MasterData, *, auto: bool = Fals
                 [(loc.loc_id, loc.factory) for loc in data.locations],
             )
             cur.executemany(
-                "INSERT INTO sensors (sensor_id, loc_id, auto_registered) VALUES (%s, %s, true)"
+                "INSERT INTO sensors (sensor_id, loc_id, gateway, auto_registered)"
+                " VALUES (%s, %s, %s, true)"
                 " ON CONFLICT (sensor_id) DO NOTHING",
-                [(s.sensor_id, s.loc_id) for s in data.sensors],
+                [(s.sensor_id, s.loc_id, s.gateway) for s in data.sensors],
             )
         return
     with conn.cursor() as cur:
@@ -249,11 +250,14 @@ def import_master_data(
     return records
 
 
-def auto_register(sensor_id: str, factory: str = "unknown") -> MasterData:
+def auto_register(
+    sensor_id: str, factory: str = "unknown", gateway: str | None = None
+) -> MasterData:
     """Master data for a sensor seen for the first time, by the original convention
-    (``loc_id`` = last 4 characters of the sensor id)."""
+    (``loc_id`` = last 4 characters of the sensor id), assigned to the gateway it came from
+    (so that no other gateway can report it from then on)."""
     loc_id = loc_id_by_convention(sensor_id)
     return MasterData(
         [Location(loc_id=loc_id, factory=factory)],
-        [Sensor(sensor_id=sensor_id, loc_id=loc_id)],
+        [Sensor(sensor_id=sensor_id, loc_id=loc_id, gateway=gateway)],
     )

@@ -21,6 +21,7 @@ from schemas.thresholds import ThresholdRecord
 CleanupPolicy = Literal["delete", "compact"]
 TopicId = Literal[
     "readings_raw",
+    "readings_mqtt",
     "readings",
     "readings_late",
     "dead_letters",
@@ -68,6 +69,18 @@ TOPICS: dict[TopicId, TopicSpec] = {
             "delete",
             7 * _DAY_MS,
             "Readings as gateways sent them (bytes unchanged), one per record.",
+            _LARGE,
+        ),
+        TopicSpec(
+            "readings_mqtt",
+            "iot.readings.mqtt",
+            ReadingPayload,
+            "sensor_id",
+            None,
+            "delete",
+            7 * _DAY_MS,
+            "Readings bridged from MQTT (bytes unchanged). Only the bridge may write here, so "
+            "ingest trusts the gateway its headers name; the raw topic's it does not.",
             _LARGE,
         ),
         TopicSpec(

@@ -133,8 +133,27 @@ def db(empty_schema: DatabaseSettings) -> DatabaseSettings:
 
 
 @pytest.fixture
-def mqtt(stack: Settings, test_id: str) -> MqttSettings:
-    """MQTT settings with a topic prefix and client id of this test."""
-    return stack.mqtt.model_copy(
-        update={"topic_prefix": f"test/{test_id}/", "client_id": f"bridge-{test_id}"}
+def mqtt(stack: Settings, test_id: str) -> Iterator[MqttSettings]:
+    """MQTT settings with a topic prefix of this test, logged in as a bridge account of
+    this test that may read below the prefix.  The broker uses the account name as the
+    client id (use_username_as_clientid), so the account keeps this test's persistent
+    session apart from every other test's."""
+    assert stack.mqtt.auth_dir is not None
+    name = f"bridge-{test_id}"
+    prefix = f"test/{test_id}/"
+    auth = AuthDir(stack.mqtt.auth_dir)
+    auth.save_credential(name, auth.add(name, "service", read=[f"{prefix}#"], replace=True))
+    Stack(stack).mosquitto.reload()
+    settings = stack.mqtt.model_copy(
+        update={
+            "topic_prefix": prefix,
+            "client_id": name,
+            "username": name,
+            "password": None,
+            "password_file": auth.credential_file(name),
+        }
     )
+    mqtt_login_works(settings)
+    yield settings
+    auth.revoke(name)
+    Stack(stack).mosquitto.reload()

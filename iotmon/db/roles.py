@@ -7,11 +7,13 @@ SCRAM passwords and what they need at the database level:
     Owns the schema and every table in it (runs ``iotmon migrate``); may create schemas in
     the database.  Never used by a running component.
 ``<prefix>_sink``
-    Ingest and the sinks: reads every table, writes the time series (readings, hourly
+    Ingest and the sinks: reads every table but the subscriptions and the notification log
+    (personal data), writes the time series (readings, hourly
     aggregates, latest readings, floor rollup, alerts and their events) and registers
     sensors seen for the first time.  Cannot change thresholds, subscriptions or the schema.
 ``<prefix>_api``
-    The API: reads every table, acts on alerts (acknowledge, resolve), edits thresholds,
+    The API: reads every table, acts on alerts (acknowledge, resolve: those columns only),
+    edits thresholds,
     subscriptions and master data.  Cannot write readings or aggregates, nor the schema.
 
 The table grants are given by the owner at the end of every ``iotmon migrate`` (so new
@@ -42,8 +44,11 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "sensors": ("INSERT",),
     },
     "api": {
-        "alerts": ("UPDATE",),
-        "alert_events": ("INSERT",),
+        # Acknowledge and resolve: those columns only, never the measured values or levels.
+        "alerts": (
+            "UPDATE (acknowledged_at, acknowledged_by, ack_note, state, resolved_at,"
+            " resolved_by, resolve_note)",
+        ),
         "thresholds": ("INSERT", "UPDATE", "DELETE"),
         "alert_subscriptions": ("INSERT", "UPDATE", "DELETE"),
         "locations": ("INSERT", "UPDATE", "DELETE"),
@@ -53,6 +58,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 KINDS = ("migrator", "sink", "api")
+# Personal data (names, e-mail addresses, phone numbers, webhook URLs): the API's alone.
+PRIVATE: dict[str, tuple[str, ...]] = {"sink": ("alert_subscriptions", "notifications")}
 
 
 def role_names(prefix: str) -> dict[str, str]:
@@ -126,6 +133,11 @@ def grant_access(conn: psycopg.Connection[Any], schema: str, prefix: str) -> lis
         r = sql.Identifier(role)
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(s, r))
+        for table in PRIVATE.get(kind, ()):
+            if table in tables:
+                conn.execute(
+                    sql.SQL("REVOKE SELECT ON {}.{} FROM {}").format(s, sql.Identifier(table), r)
+                )
         conn.execute(
             sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(s, r)
         )

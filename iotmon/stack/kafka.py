@@ -156,8 +156,12 @@ class KafkaService:
         )
 
     def _configure(self) -> Path:
+        # The broker's files (records, the metadata log with the SCRAM credentials, the
+        # configuration with passwords) are for the stack's user only: 0700 directories,
+        # whatever an older stack or the umask left.
         data = self.home / "data"
         data.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)
         text = Template((self.infra / "server.properties").read_text()).substitute(
             kafka_port=self.s.kafka_port,
             controller_port=self.s.kafka_controller_port,
@@ -166,6 +170,7 @@ class KafkaService:
         )
         props = self.home / "server.properties"
         fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds passwords
+        os.fchmod(fd, 0o600)  # also when an older stack made it 0644
         with os.fdopen(fd, "w") as f:
             f.write(text)
         if not (data / "meta.properties").exists():

@@ -74,6 +74,7 @@ class MosquittoService:
 
     def up(self) -> str:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # queued messages and the broker's log are the stack's alone
         self.prepare_auth()
         conf = self.home / "mosquitto.conf"
         text = self._config()

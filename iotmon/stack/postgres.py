@@ -7,13 +7,17 @@ refuses to run as root, so when the stack runs as root the cluster belongs to th
 
 No connection is trusted: every one, over TCP or the socket, logs in with a SCRAM password.
 The superuser's is generated once and kept in ``credentials/iotmon`` and a libpq password
-file (``pgpass``, mode 0600) that the stack's default database URL names.  A cluster made
+file (``pgpass``, mode 0600) that the stack's default database URL names, both under
+``postgres-auth/``: a directory of the invoking user, never of the ``postgres`` user (who
+could otherwise point them elsewhere with a symbolic link).  Files inside the cluster are
+written as the cluster's owner, for the same reason.  A cluster made
 by an older stack (which trusted everyone) gets its password and ``pg_hba.conf`` on the
 next ``iotmon stack up``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -80,15 +84,22 @@ class PostgresService:
         )
 
     @property
+    def auth(self) -> Path:
+        return self.s.state_dir / "postgres-auth"
+
+    @property
     def pgpass(self) -> Path:
-        return self.home / "pgpass"
+        return self.auth / "pgpass"
 
     def _password(self) -> str:
         """The superuser's password (generated once, mode 0600), and the password file
         that libpq reads it from."""
-        path = self.home / "credentials" / DB_USER
+        path = self.auth / "credentials" / DB_USER
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.auth.chmod(0o700)
+            self._move_old_password(path)
+        if not path.exists():
             _write_private(path, secrets.token_urlsafe(24) + "\n")
         password = path.read_text().strip()
         lines = "".join(
@@ -98,6 +109,17 @@ class PostgresService:
         if not self.pgpass.exists() or self.pgpass.read_text() != lines:
             _write_private(self.pgpass, lines)
         return password
+
+    def _move_old_password(self, path: Path) -> None:
+        """A stack of the previous release kept the password inside the cluster's home:
+        move it here (the server has it already)."""
+        old = self.home / "credentials" / DB_USER
+        if old.is_file() and not old.is_symlink():
+            _write_private(path, old.read_text())
+        for stale in (old, self.home / "pgpass"):
+            stale.unlink(missing_ok=True)  # never follows a link
+        with contextlib.suppress(OSError):
+            (self.home / "credentials").rmdir()
 
     def _secure(self) -> bool:
         """Give a cluster that trusted its clients the superuser's password and SCRAM in
@@ -113,9 +135,7 @@ class PostgresService:
                     sql.Identifier(DB_USER), sql.Literal(password)
                 )
             )
-        hba.write_text(HBA)
-        if self.user:
-            shutil.chown(hba, self.user, self.user)
+        self._write_as_owner(hba, HBA)
         log.info("PostgreSQL: trust replaced by SCRAM passwords (pg_hba.conf)")
         return True
 
@@ -142,6 +162,19 @@ class PostgresService:
         )
         return result.returncode == 0
 
+    def _write_as_owner(self, path: Path, text: str) -> None:
+        """Write a file of the cluster with the rights of its owner (root never writes, nor
+        follows links, in a directory the postgres user controls)."""
+        if not self.user:
+            path.write_text(text)
+            return
+        subprocess.run(
+            self._as_owner(["sh", "-c", 'umask 077 && cat > "$1"', "sh", str(path)]),
+            input=text.encode(),
+            check=True,
+            capture_output=True,
+        )
+
     def _as_owner(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", self.user, "--", *argv] if self.user else argv
 
@@ -149,8 +182,9 @@ class PostgresService:
         self.home.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(parents=True, exist_ok=True)
         if self.user:
-            shutil.chown(self.home, self.user, self.user)
-            shutil.chown(self.sock, self.user, self.user)
+            for path in (self.home, self.sock):
+                # Not through a symbolic link the postgres user may have put there.
+                os.chown(path, *_ids(self.user), follow_symlinks=False)
             # The owner must reach its files through the state directory.
             for parent in self.home.parents:
                 if parent == Path("/"):
@@ -166,9 +200,7 @@ class PostgresService:
         log.info("initialising a PostgreSQL cluster in %s", self.data)
         # initdb reads the superuser's password from a file it can read (as its user).
         pwfile = self.home / ".initdb-password"
-        _write_private(pwfile, self._password() + "\n")
-        if self.user:
-            shutil.chown(pwfile, self.user, self.user)
+        self._write_as_owner(pwfile, self._password() + "\n")
         try:
             run(
                 [
@@ -187,9 +219,7 @@ class PostgresService:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        (self.data / "pg_hba.conf").write_text(HBA)
-        if self.user:
-            shutil.chown(self.data / "pg_hba.conf", self.user, self.user)
+        self._write_as_owner(self.data / "pg_hba.conf", HBA)
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# iotmon local stack\n"
@@ -219,9 +249,7 @@ class PostgresService:
         path = self.data / PRELOAD_FILE
         content = f"shared_preload_libraries = '{preload}'\n"
         if not path.exists() or path.read_text() != content:
-            path.write_text(content)
-            if self.user:
-                shutil.chown(path, self.user, self.user)
+            self._write_as_owner(path, content)
         return preload
 
     def _restart_reason(self, preload: str) -> str | None:
@@ -301,6 +329,13 @@ class PostgresService:
             user=self.user,
         )
         return True
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd  # noqa: PLC0415
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 
@@ -12,7 +13,7 @@ from iotmon.runtime import settle_heap
 from iotmon.settings import Settings
 from producers.kafka import dead_letter_payload_limit, make_producer
 from producers.masterdata import auto_register, import_master_data
-from schemas.master import SensorRecord
+from schemas.master import GATEWAY_PATTERN, SensorRecord
 from schemas.topics import topic_name
 from stream_apps.common.directory import SensorDirectory
 from stream_apps.ingest.processor import IngestMetrics, IngestProcessor, IngestTopics
@@ -51,8 +52,12 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
     directory = SensorDirectory(kafka)
     directory.load()
 
-    def register(sensor_id: str) -> SensorRecord:
-        records = import_master_data(settings.db, kafka, auto_register(sensor_id), auto=True)
+    def register(sensor_id: str, gateway: str | None) -> SensorRecord:
+        # A gateway level that is no account name (a custom topic) assigns nothing.
+        if gateway is not None and not re.fullmatch(GATEWAY_PATTERN, gateway):
+            gateway = None
+        data = auto_register(sensor_id, gateway=gateway)
+        records = import_master_data(settings.db, kafka, data, auto=True)
         return next(r for r in records if r.sensor.sensor_id == sensor_id)
 
     return IngestProcessor(
@@ -62,6 +67,7 @@ def build(settings: Settings, registry: CollectorRegistry) -> IngestProcessor:
         limits_from(settings),
         IngestTopics(
             raw=topic_name("readings_raw", prefix),
+            bridged=topic_name("readings_mqtt", prefix),
             readings=topic_name("readings", prefix),
             dead_letters=topic_name("dead_letters", prefix),
         ),

@@ -87,12 +87,13 @@ class IngestMetrics:
 
 @dataclass(frozen=True)
 class IngestTopics:
-    raw: str
+    raw: str  # written by direct Kafka gateways: their headers are not trusted
     readings: str
     dead_letters: str
+    bridged: str | None = None  # written by the bridge alone: its gateway header is trusted
 
 
-Registrar = Callable[[str], SensorRecord]
+Registrar = Callable[[str, str | None], SensorRecord]  # sensor id, the gateway it came from
 
 
 Validated = list[tuple[Accepted | Rejection, bytes | None]]
@@ -127,7 +128,7 @@ class IngestProcessor(StageRunner[Validated]):
         super().__init__(
             consumer,
             producer,
-            [topics.raw],
+            [topics.raw] + ([topics.bridged] if topics.bridged else []),
             topics.dead_letters,
             metrics.stage,
             Polling(poll_max_messages, poll_timeout_s, poll_linger_s, commit_every_s),
@@ -162,14 +163,22 @@ class IngestProcessor(StageRunner[Validated]):
             )
             return [(unreadable, msg.value())]
         headers = self.headers(msg)
-        source: Source = "mqtt" if header(headers, IngressHeaders.SOURCE) == b"mqtt" else "kafka"
+        # Only the bridge may write the bridged topic (Kafka ACLs), so only there does the
+        # gateway header say who sent the reading.  On the raw topic anyone allowed to
+        # write it could claim any gateway.
+        gateway = self._gateway(msg)
+        # The transport a reading came in by is kept through a replay (the raw topic's
+        # header); only the gateway decides anything, and it is believed from the bridge.
+        bridged = msg.topic() == self.topics.bridged
+        source: Source = (
+            "mqtt" if bridged or header(headers, IngressHeaders.SOURCE) == b"mqtt" else "kafka"
+        )
         received_at = self._received_at(msg, header(headers, IngressHeaders.RECEIVED_AT))
         key = msg.key()
         try:
             key_sensor = key.decode() if key else None
         except UnicodeDecodeError:
             key_sensor = None
-        raw_gateway = header(headers, IngressHeaders.GATEWAY)
         return validate_payload(
             msg.value(),
             key_sensor_id=key_sensor,
@@ -178,7 +187,7 @@ class IngestProcessor(StageRunner[Validated]):
             now=self._now,
             source=source,
             received_at=received_at,
-            gateway=raw_gateway.decode("utf-8", "replace") if raw_gateway is not None else None,
+            gateway=gateway,
         )
 
     def _received_at(self, msg: Message, raw: bytes | None) -> datetime:
@@ -207,7 +216,7 @@ class IngestProcessor(StageRunner[Validated]):
         for item in items:
             for result, _payload in item.item:
                 if isinstance(result, Accepted) and result.auto_registered:
-                    self._register(result.reading.sensor_id)
+                    self._register(result.reading.sensor_id, self._gateway(item.msg))
         batches: dict[int, list[Reading]] = defaultdict(list)
         for item in items:
             for result, payload in item.item:
@@ -223,9 +232,16 @@ class IngestProcessor(StageRunner[Validated]):
                 )
                 self.metrics.batches.inc()
 
-    def _register(self, sensor_id: str) -> None:
+    def _gateway(self, msg: Message) -> str | None:
+        """The gateway that sent ``msg``: named by the bridge on the bridged topic only."""
+        if self.topics.bridged is None or msg.topic() != self.topics.bridged:
+            return None
+        raw = header(self.headers(msg), IngressHeaders.GATEWAY)
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    def _register(self, sensor_id: str, gateway: str | None) -> None:
         if self.registrar is not None and self.directory.get(sensor_id) is None:
-            self.directory.put(self.registrar(sensor_id))
+            self.directory.put(self.registrar(sensor_id, gateway))
             self.metrics.auto_registered.inc()
 
     def _accept(self, result: Accepted, out: dict[int, list[Reading]]) -> None:
@@ -249,7 +265,9 @@ class IngestProcessor(StageRunner[Validated]):
                 origin_topic=msg.topic(),
                 origin_partition=msg.partition(),
                 origin_offset=msg.offset(),
-                source=header(headers, IngressHeaders.SOURCE) or b"kafka",
+                source=b"mqtt"
+                if msg.topic() == self.topics.bridged
+                else header(headers, IngressHeaders.SOURCE) or b"kafka",
                 index=rejection.index,
                 passthrough=[(k, v) for k, v in headers if k in PASSTHROUGH],
                 replayed_from=header(headers, DeadLetterHeaders.REPLAYED_FROM),
@@ -259,8 +277,9 @@ class IngestProcessor(StageRunner[Validated]):
     def run(self, stop: threading.Event) -> None:
         """Process until ``stop`` is set; KafkaException when Kafka refused an output."""
         log.info(
-            "ingest: %s -> %s (%d partitions), dead letters to %s",
+            "ingest: %s, %s -> %s (%d partitions), dead letters to %s",
             self.topics.raw,
+            self.topics.bridged,
             self.topics.readings,
             self.partitions,
             self.topics.dead_letters,

@@ -30,7 +30,7 @@ def bridge(kafka: KafkaSettings, mqtt: MqttSettings) -> Iterator[tuple[Bridge, C
         make_producer(kafka),
         mqtt,
         BridgeSettings(),
-        raw_topic=topic_name("readings_raw", kafka.topic_prefix),
+        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
         dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
         metrics=BridgeMetrics(registry),
     )
@@ -68,7 +68,7 @@ def test_reading_arrives_on_the_raw_topic_with_key_and_headers(
     topic = f"{mqtt.topic_prefix}sensors/TEMPIOT-A011/readings"
     publish(mqtt, [(topic, payload), (f"{mqtt.topic_prefix}gateways/GW-7/batch", b"[]")])
     got = read_topic(
-        kafka, topic_name("readings_raw", kafka.topic_prefix), until=lambda m: len(m) >= 2
+        kafka, topic_name("readings_mqtt", kafka.topic_prefix), until=lambda m: len(m) >= 2
     )
     assert len(got) == 2
     by_key = {m.key(): m for m in got}

@@ -42,7 +42,7 @@ def wait_subscribed(kafka: KafkaSettings, mqtt: MqttSettings, marker: str) -> No
     apply_login(pub, gateway_settings(mqtt))
     pub.connect(mqtt.host, mqtt.port)
     pub.loop_start()
-    raw = topic_name("readings_raw", kafka.topic_prefix)
+    raw = topic_name("readings_mqtt", kafka.topic_prefix)
     try:
         for _ in range(30):
             pub.publish(
@@ -69,6 +69,8 @@ def test_sigkill_and_restart_loses_nothing(
         "IOTMON_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
         "IOTMON_MQTT__TOPIC_PREFIX": mqtt.topic_prefix,
         "IOTMON_MQTT__CLIENT_ID": mqtt.client_id,  # same session across the restart
+        "IOTMON_MQTT__USERNAME": str(mqtt.username),
+        "IOTMON_MQTT__PASSWORD_FILE": str(mqtt.password_file),
         "IOTMON_BRIDGE__METRICS_PORT": "0",
     }
     log = tmp_path / "bridge.log"
@@ -101,7 +103,7 @@ def test_sigkill_and_restart_loses_nothing(
         assert result and result[0].published == TOTAL and result[0].failed == 0
         assert 0 < at_kill < TOTAL, "the kill must land while the simulator publishes"
         published = {d.message.payload for d in delivered}
-        raw = topic_name("readings_raw", kafka.topic_prefix)
+        raw = topic_name("readings_mqtt", kafka.topic_prefix)
         got = read_topic(
             kafka, raw, until=lambda m: published <= {value_of(x) for x in m}, timeout=60
         )

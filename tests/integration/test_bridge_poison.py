@@ -50,7 +50,7 @@ def running_bridge(
         make_producer(kafka, **producer),
         mqtt,
         BridgeSettings(),
-        raw_topic=raw_topic or topic_name("readings_raw", kafka.topic_prefix),
+        raw_topic=raw_topic or topic_name("readings_mqtt", kafka.topic_prefix),
         dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
         metrics=BridgeMetrics(CollectorRegistry()),
         max_record_bytes=limit,
@@ -84,7 +84,7 @@ def test_a_2_mb_message_is_dead_lettered_acknowledged_and_the_bridge_goes_on(
 ) -> None:
     topic = f"{mqtt.topic_prefix}sensors/{SENSOR}/readings"
     huge = b"[" + b"1" * 2_096_998 + b"]"  # 2,097,000 bytes: within MQTT's, not Kafka's limit
-    raw_topic = topic_name("readings_raw", kafka.topic_prefix)
+    raw_topic = topic_name("readings_mqtt", kafka.topic_prefix)
     with running_bridge(kafka, mqtt) as (_bridge, thread):
         publish(mqtt, [(topic, huge), (topic, GOOD)])
         dead = _dead(kafka, 1)
@@ -111,7 +111,7 @@ def test_a_message_the_producer_refuses_is_dead_lettered(
     """The producer's own limit is lower than the bridge expects: produce() raises."""
     topic = f"{mqtt.topic_prefix}sensors/{SENSOR}/readings"
     big = b"[" + b"2" * 1_500_000 + b"]"
-    raw_topic = topic_name("readings_raw", kafka.topic_prefix)
+    raw_topic = topic_name("readings_mqtt", kafka.topic_prefix)
     producer = {"message.max.bytes": 1_000_000}
     with running_bridge(kafka, mqtt, None, 2 * 1024 * 1024, **producer) as (_b, thread):
         publish(mqtt, [(topic, big), (topic, GOOD)])

@@ -116,7 +116,11 @@ CASES = [
     ("sink", "DROP TABLE readings", "denied"),
     ("sink", "CREATE TABLE mine (x int)", "denied"),
     ("sink", "TRUNCATE alerts", "denied"),
+    ("sink", "SELECT count(*) FROM alert_subscriptions", "denied"),  # personal data
+    ("sink", "SELECT count(*) FROM notifications", "denied"),
     ("api", "SELECT count(*) FROM readings", "ok"),
+    ("api", "UPDATE alerts SET measured_value = 1", "denied"),  # acknowledge/resolve only
+    ("api", "UPDATE alerts SET state = 'resolved', resolved_by = 'x'", "ok"),
     ("api", "SELECT count(*) FROM notifications", "ok"),
     (
         "api",

@@ -102,7 +102,7 @@ def test_bad_input_corpus_at_speed(
         make_producer(kafka),
         bridge_mqtt,
         BridgeSettings(),
-        topic_name("readings_raw", kafka.topic_prefix),
+        topic_name("readings_mqtt", kafka.topic_prefix),
         topic_name("dead_letters", kafka.topic_prefix),
         BridgeMetrics(CollectorRegistry()),
     )

@@ -172,14 +172,14 @@ def dead_letters(kafka: KafkaSettings, expected: int) -> list[DeadLetter]:
 
 
 def raw_index(kafka: KafkaSettings, messages: list[Sent]) -> dict[tuple[int, int], Pool]:
-    """Each raw record the bridge wrote -> the pool of its MQTT message (topic, payload)."""
+    """Each record the bridge wrote (bridged topic) -> the pool of its MQTT message (topic,
+    payload)."""
     expected = sum(
         1
         for m in messages
-        if m.route == "readings_raw"
-        or (m.route == "mqtt" and not any(x.stage == Stage.BRIDGE for x in m.letters))
+        if m.route == "mqtt" and not any(x.stage == Stage.BRIDGE for x in m.letters)
     )
-    topic = topic_name("readings_raw", kafka.topic_prefix)
+    topic = topic_name("readings_mqtt", kafka.topic_prefix)
     index: dict[tuple[int, int], Pool] = {}
     for r in read_topic(kafka, topic, until=lambda got: len(got) >= expected, timeout=60):
         mqtt_topic = headers_of(r).get(IngressHeaders.MQTT_TOPIC)
@@ -338,7 +338,7 @@ def test_random_bad_input_in_a_good_stream(
         make_producer(kafka),
         mqtt,
         BridgeSettings(),
-        topic_name("readings_raw", kafka.topic_prefix),
+        topic_name("readings_mqtt", kafka.topic_prefix),
         topic_name("dead_letters", kafka.topic_prefix),
         BridgeMetrics(CollectorRegistry()),
     )
@@ -365,7 +365,7 @@ def test_random_bad_input_in_a_good_stream(
         problems += check_readings(pipeline, corpus, truth)
         letters = dead_letters(kafka, expected_letters)
         problems += Ledger(
-            messages, topic_name("readings_raw", kafka.topic_prefix), raw_index(kafka, messages)
+            messages, topic_name("readings_mqtt", kafka.topic_prefix), raw_index(kafka, messages)
         ).judge(letters)
         problems += check_alive(stages, pipeline)
         log.info(

@@ -86,8 +86,12 @@ def test_service_restarts_lose_nothing(
         **os.environ,
         "IOTMON_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
         "IOTMON_DB__DB_SCHEMA": db.db_schema,
+        # The stack's database login (its password file), although the state is elsewhere.
+        "IOTMON_DB__URL": db.url,
         "IOTMON_MQTT__TOPIC_PREFIX": mqtt.topic_prefix,
         "IOTMON_MQTT__CLIENT_ID": mqtt.client_id,
+        "IOTMON_MQTT__USERNAME": str(mqtt.username),
+        "IOTMON_MQTT__PASSWORD_FILE": str(mqtt.password_file),
         "IOTMON_INGEST__GROUP_ID": f"{group_id}-ingest",
         "IOTMON_SINK__GROUP_PREFIX": f"{group_id}-sink",
         "IOTMON_SINK__MAX_BACKOFF_S": "1",

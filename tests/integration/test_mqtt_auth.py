@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import orjson
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -23,6 +24,7 @@ from iotmon.mqtt_auth import AuthDir, gateway_topics
 from iotmon.settings import BridgeSettings, DatabaseSettings, KafkaSettings, MqttSettings, Settings
 from iotmon.stack import Stack
 from producers.bridge import Bridge, BridgeMetrics, make_client
+from producers.gateway import GatewayProducer
 from producers.kafka import make_producer
 from producers.masterdata import MasterData, import_master_data
 from producers.mqtt_connect import apply_login
@@ -126,7 +128,7 @@ def run_bridge(kafka: KafkaSettings, mqtt: MqttSettings, stop: threading.Event) 
         make_producer(kafka),
         mqtt,
         BridgeSettings(),
-        raw_topic=topic_name("readings_raw", kafka.topic_prefix),
+        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
         dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
         metrics=BridgeMetrics(CollectorRegistry()),
     )
@@ -181,7 +183,7 @@ def test_a_gateway_publishes_only_under_its_own_topics(
     assert legacy == "Not authorized"
     raw = read_topic(
         kafka,
-        topic_name("readings_raw", kafka.topic_prefix),
+        topic_name("readings_mqtt", kafka.topic_prefix),
         until=lambda m: any(x.key() == b"S-LAST" for x in m),
     )
     # Only gateway A's own messages reached Kafka, each naming gateway A.
@@ -228,7 +230,7 @@ def test_a_gateway_over_tls_reaches_kafka_end_to_end(
         pub.close()
     raw = read_topic(
         kafka,
-        topic_name("readings_raw", kafka.topic_prefix),
+        topic_name("readings_mqtt", kafka.topic_prefix),
         until=lambda m: any(x.key() == b"S-TLS" for x in m),
     )
     assert [value_of(m) for m in raw] == [b'{"over": "tls"}']
@@ -294,8 +296,16 @@ def test_ingest_refuses_readings_of_a_sensor_from_another_gateway(
                 assert pub.publish(mqtt_topic(gw, "S-1"), payload) == "Success"
             finally:
                 pub.close()
+        # Straight into the raw topic, claiming to be gateway A (and MQTT): whoever may
+        # write that topic is not the bridge, so the claim is not believed.
+        forged = GatewayProducer(kafka, gateway=account(a))
+        forged.send_raw(
+            "S-1",
+            orjson.dumps({**reading, "temperature": 77.0}),
+        )
+        forged.flush()
         dead = read_topic(
-            kafka, topic_name("dead_letters", kafka.topic_prefix), until=lambda m: len(m) >= 1
+            kafka, topic_name("dead_letters", kafka.topic_prefix), until=lambda m: len(m) >= 2
         )
         accepted = read_topic(
             kafka, topic_name("readings", kafka.topic_prefix), until=lambda m: len(m) >= 1
@@ -305,10 +315,109 @@ def test_ingest_refuses_readings_of_a_sensor_from_another_gateway(
         thread.join(30)
         processor.consumer.close()
         processor.directory.close()
-    assert len(dead) == 1
-    h = headers_of(dead[0])
-    assert h[DeadLetterHeaders.REASON] == b"wrong_gateway"
-    assert account(b).encode() in h[DeadLetterHeaders.DETAIL]
-    assert orjson.loads(value_of(dead[0]))["temperature"] == 99.0  # the bytes B sent
+    assert len(dead) == 2
+    by_value = {orjson.loads(value_of(m))["temperature"]: headers_of(m) for m in dead}
+    from_b, from_kafka = by_value[99.0], by_value[77.0]  # the bytes each one sent
+    assert from_b[DeadLetterHeaders.REASON] == b"wrong_gateway"
+    assert account(b).encode() in from_b[DeadLetterHeaders.DETAIL]
+    assert from_b[DeadLetterHeaders.SOURCE] == b"mqtt"
+    assert from_kafka[DeadLetterHeaders.REASON] == b"wrong_gateway"
+    assert b"no gateway" in from_kafka[DeadLetterHeaders.DETAIL]
+    assert from_kafka[DeadLetterHeaders.SOURCE] == b"kafka"  # as the producer said
     readings = [r for m in accepted for r in ReadingBatch.model_validate_json(value_of(m)).readings]
     assert [(r.sensor_id, float(r.temperature)) for r in readings] == [("S-1", 30.5)]
+
+
+def test_a_gateway_cannot_take_over_the_bridges_session(
+    gateways: Gateways, kafka: KafkaSettings, mqtt: MqttSettings, stop: threading.Event
+) -> None:
+    """A gateway that connects with the bridge's client id (clean session or not) neither
+    disconnects the bridge nor consumes what is queued for it: the broker makes every
+    client id the account name."""
+    gw = gateways.add(f"gw-s-{uuid.uuid4().hex[:6]}")
+    bridge = run_bridge(kafka, mqtt, stop)
+    for clean in (True, False):
+        thief = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=mqtt.client_id,  # the bridge's
+            protocol=paho.MQTTv311,
+            clean_session=clean,
+        )
+        apply_login(thief, gw)
+        thief.connect(gw.host, gw.port)
+        thief.loop_start()
+        try:
+            assert wait_connack(thief)
+            time.sleep(0.5)  # a takeover would have disconnected the bridge by now
+            assert bridge.subscribed.is_set(), "the bridge lost its session"
+        finally:
+            thief.loop_stop()
+            thief.disconnect()
+    pub = Publisher(gw)
+    try:
+        assert pub.publish(mqtt_topic(gw, "S-KEPT"), b'{"kept": true}') == "Success"
+    finally:
+        pub.close()
+    raw = read_topic(
+        kafka,
+        topic_name("readings_mqtt", kafka.topic_prefix),
+        until=lambda m: any(x.key() == b"S-KEPT" for x in m),
+    )
+    assert [m.key() for m in raw] == [b"S-KEPT"]
+
+
+def test_a_sensor_registered_automatically_belongs_to_the_gateway_that_first_sent_it(
+    stack: Settings,
+    gateways: Gateways,
+    kafka: KafkaSettings,
+    db: DatabaseSettings,
+    mqtt: MqttSettings,
+    group_id: str,
+    stop: threading.Event,
+) -> None:
+    from stream_apps.ingest.main import build  # noqa: PLC0415
+
+    suffix = uuid.uuid4().hex[:6]
+    a = gateways.add(f"gw-a-{suffix}")
+    b = gateways.add(f"gw-b-{suffix}")
+    settings = stack.model_copy(
+        update={
+            "kafka": kafka,
+            "db": db,
+            "ingest": stack.ingest.model_copy(update={"group_id": group_id, "auto_register": True}),
+        }
+    )
+    processor = build(settings, CollectorRegistry())
+    thread = threading.Thread(target=processor.run, args=(stop,), daemon=True)
+    thread.start()
+    run_bridge(kafka, mqtt, stop)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    reading = {"sensor_id": "NEW-S001", "capture_dt": now, "temperature": 21.5, "humidity": 40}
+    try:
+        pub = Publisher(a)
+        try:
+            assert pub.publish(mqtt_topic(a, "NEW-S001"), orjson.dumps(reading)) == "Success"
+        finally:
+            pub.close()
+        read_topic(kafka, topic_name("readings", kafka.topic_prefix), until=lambda m: len(m) >= 1)
+        pub = Publisher(b)
+        try:
+            late = {**reading, "temperature": 66.0}
+            assert pub.publish(mqtt_topic(b, "NEW-S001"), orjson.dumps(late)) == "Success"
+        finally:
+            pub.close()
+        dead = read_topic(
+            kafka, topic_name("dead_letters", kafka.topic_prefix), until=lambda m: len(m) >= 1
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+        processor.consumer.close()
+        processor.directory.close()
+    with psycopg.connect(db.url) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        row = conn.execute(
+            "SELECT gateway, auto_registered FROM sensors WHERE sensor_id = 'NEW-S001'"
+        ).fetchone()
+    assert row == (account(a), True)
+    assert [headers_of(m)[DeadLetterHeaders.REASON] for m in dead] == [b"wrong_gateway"]

@@ -62,7 +62,7 @@ def test_simulated_plant_through_every_stage(
         make_producer(kafka),
         mqtt,
         BridgeSettings(),
-        topic_name("readings_raw", kafka.topic_prefix),
+        topic_name("readings_mqtt", kafka.topic_prefix),
         topic_name("dead_letters", kafka.topic_prefix),
         BridgeMetrics(CollectorRegistry()),
     )

@@ -257,6 +257,12 @@ def test_every_mosquitto_we_ship_refuses_anonymous_clients_and_offers_tls(where:
     assert "password_file" in options and "acl_file" in options
     assert sum(words[0] == "listener" for words in lines) == 2
     assert {"cafile", "certfile", "keyfile"} <= set(options)
+    # A listener option: after every listener line (no session takeover on either).
+    for i, words in enumerate(lines):
+        if words[0] == "listener":
+            assert lines[i + 1] == ["use_username_as_clientid", "true"], where
+    assert options["retain_available"] == ["false"]
+    assert "CBC" not in " ".join(options["ciphers"]) and "SHA:" not in options["ciphers"][0]
 
 
 # --- Logins: Kafka (SASL/SCRAM + ACLs) and PostgreSQL (least-privilege roles) -------------
@@ -486,3 +492,18 @@ def test_compose_components_log_in_with_their_own_principal_and_role() -> None:
         n for n, s in services.items() for x in s.get("secrets", []) if x["source"] == "kafka-admin"
     }
     assert holders == {"kafka", "kafka-access", "topics"}
+
+
+def test_plain_mqtt_is_reachable_by_the_bridge_only_on_kubernetes() -> None:
+    policy = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "infra" / "k8s" / "networkpolicy.yaml").read_text())
+        if d["metadata"]["name"] == "mosquitto"
+    )
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if 1883 in ports:
+            sources = rule.get("from", [])
+            assert sources and all(
+                s["podSelector"]["matchLabels"] == {"app": "iotmon-bridge"} for s in sources
+            )

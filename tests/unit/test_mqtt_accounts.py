@@ -170,3 +170,57 @@ def test_the_simulator_logs_in_as_a_gateway_never_as_the_bridge(tmp_path: Path) 
     )
     assert gateway_login(mounted, "line-3") is mounted
     assert gateway_login(mounted, None) is mounted
+
+
+@pytest.mark.parametrize(
+    ("topic", "refused"),
+    [
+        ("gateways/line-1/sensors/+/readings", False),  # its own
+        ("gateways/line-1/#", False),
+        ("plant/legacy/+", False),  # outside every gateway tree
+        ("sensors/+/readings", False),  # the legacy pattern names no gateway
+        ("gateways/+/sensors/+/readings", True),
+        ("gateways/line-2/sensors/+/readings", True),
+        ("gateways/#", True),
+        ("+/line-2/sensors/x/readings", True),
+        ("#", True),
+    ],
+)
+def test_a_custom_topic_may_not_reach_other_gateways(topic: str, refused: bool) -> None:
+    from iotmon.gateways_cmd import _refuse_foreign_topics  # noqa: PLC0415
+    from iotmon.settings import Settings  # noqa: PLC0415
+
+    settings = Settings()
+    if refused:
+        with pytest.raises(AuthError, match="other gateways"):
+            _refuse_foreign_topics(settings, "line-1", [topic])
+    else:
+        _refuse_foreign_topics(settings, "line-1", [topic])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["{gateway}/#"], ["{gateway}/+/sensors/{sensor_id}/readings"], ["site/{gateway}/#"]],
+)
+def test_patterns_that_let_one_gateway_pass_for_another_are_refused(extra: list[str]) -> None:
+    with pytest.raises(AuthError, match="fixed level"):
+        gateway_topics(MqttSettings(extra_topics=extra), "line-1")
+
+
+def test_an_account_named_like_a_fixed_level_is_refused() -> None:
+    with pytest.raises(AuthError, match="fixed level"):
+        gateway_topics(MqttSettings(), "gateways")
+
+
+def test_a_damaged_accounts_file_is_refused_not_rendered(tmp_path: Path) -> None:
+    auth = AuthDir(tmp_path)
+    auth.add("gw1", "gateway", write=["gateways/gw1/sensors/+/readings"])
+    doc = orjson.loads(auth.source.read_bytes())
+    doc["gw1"]["write"] = ["gateways/gw1/#\nuser other\ntopic readwrite #"]
+    auth.source.write_bytes(orjson.dumps(doc))
+    with pytest.raises(AuthError):
+        auth.add("gw2", "gateway", write=["gateways/gw2/sensors/+/readings"])
+    assert "other" not in (tmp_path / "acl").read_text()
+    auth.source.write_text("{not json")
+    with pytest.raises(AuthError, match="not a valid accounts file"):
+        auth.accounts()

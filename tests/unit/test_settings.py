@@ -26,7 +26,7 @@ def test_addresses_follow_the_stack_ports(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("IOTMON_STACK__MOSQUITTO_PORT", "21883")
     s = Settings()
     assert s.kafka.bootstrap_servers == "127.0.0.1:19092"
-    pgpass = s.stack.state_dir / "postgres" / "pgpass"
+    pgpass = s.stack.state_dir / "postgres-auth" / "pgpass"
     assert s.db.url == f"postgresql://iotmon@127.0.0.1:15432/iotmon?passfile={pgpass}"
     assert s.mqtt.port == 21883
     assert s.stack.manage_postgres
