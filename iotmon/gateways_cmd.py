@@ -105,9 +105,10 @@ def _reload(settings: Settings, local: bool, directory: Path) -> None:
         err.print("The local Mosquitto is not running; it reads the accounts when it starts.")
         return
     err.print(
-        f"Copy {directory}/passwd and {directory}/acl to that Mosquitto and reload it "
-        "(docker compose kill -s HUP mosquitto; on Kubernetes update the Secret and "
-        "restart the pod)."
+        f"Reload that Mosquitto: with compose, `chmod -R a+rX {directory}` (the files are "
+        "rewritten with mode 0600) and `docker compose kill -s HUP mosquitto`; on Kubernetes "
+        f"update the Secret iotmon-mqtt-auth from {directory}/passwd and {directory}/acl and "
+        "restart the pod."
     )
 
 

@@ -255,7 +255,8 @@ def reload_mosquitto(pid: int) -> None:
 
 def ensure_tls(directory: Path, hosts: list[str], *, days: int = 825) -> Path:
     """A CA and a server certificate for ``hosts`` under ``directory`` (created once;
-    a new host in ``hosts`` re-issues the server certificate).  Returns the CA file."""
+    a new host in ``hosts`` re-issues the server certificate, which needs ``ca.key``: it
+    may be kept offline in between).  Returns the CA file."""
     from cryptography import x509  # noqa: PLC0415 - only the stack and the CLI need it
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
@@ -274,7 +275,7 @@ def ensure_tls(directory: Path, hosts: list[str], *, days: int = 825) -> Path:
             serialization.NoEncryption(),
         ).decode()
 
-    if not ca_crt.exists() or not ca_key.exists():
+    if not ca_crt.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iotmon MQTT CA")])
         cert = (
@@ -314,6 +315,12 @@ def ensure_tls(directory: Path, hosts: list[str], *, days: int = 825) -> Path:
         and hosts_file.read_text().split() == wanted
     ):
         return ca_crt
+    if not ca_key.exists():
+        # The operator keeps the CA's key offline; it is needed only here.
+        raise AuthError(
+            f"{ca_key} is needed to issue the listener's certificate for {', '.join(wanted)}:"
+            " put the CA's key back for this command (remove ca.crt too for a new CA)"
+        )
     ca_cert = x509.load_pem_x509_certificate(ca_crt.read_bytes())
     ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
     assert isinstance(ca_private, ec.EllipticCurvePrivateKey)

@@ -389,19 +389,22 @@ class Bridge:
                 if self._failure is not None:
                     raise self._failure
         finally:
-            log.info("bridge stopping: unsubscribing, delivering %d pending", self.pending)
-            self._shutdown(connected)
+            log.info("bridge stopping: delivering %d pending", self.pending)
+            self._shutdown()
 
-    def _shutdown(self, connected: bool) -> None:
+    def _shutdown(self) -> None:
+        """Deliver and acknowledge what is in flight, then disconnect, keeping the
+        subscriptions: the broker queues what gateways publish meanwhile in the bridge's
+        persistent session and hands it to the next bridge.  (Unsubscribing here, as this
+        once did, made the broker drop every message published while the bridge was down,
+        after acknowledging it to the gateway.)  Nothing more is read: a message that
+        arrives now stays unacknowledged and is redelivered."""
         client = self.client
-        if connected and self.subscribed.is_set():
-            client.unsubscribe(self.subscriptions)
         deadline = time.monotonic() + 30
         while self.pending and time.monotonic() < deadline:
             self.producer.poll(0.05)
-            sock = client.socket()
-            if sock is not None:
-                self._serve(sock, 0)  # the acks of what Kafka confirmed meanwhile
+            if client.socket() is not None and client.want_write():
+                client.loop_write()  # the acks of what Kafka confirmed meanwhile
         remaining = self.producer.flush(max(0.0, deadline - time.monotonic()))
         if remaining:
             log.error("%d messages not confirmed by Kafka; MQTT will redeliver them", remaining)

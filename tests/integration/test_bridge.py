@@ -103,3 +103,45 @@ def test_wrong_topic_goes_to_the_dead_letter_topic(
             == 1.0
         )
     )
+
+
+def _start(
+    kafka: KafkaSettings, mqtt: MqttSettings
+) -> tuple[Bridge, threading.Event, threading.Thread]:
+    b = Bridge(
+        make_client(mqtt),
+        make_producer(kafka),
+        mqtt,
+        BridgeSettings(),
+        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
+        dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
+        metrics=BridgeMetrics(CollectorRegistry()),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
+    thread.start()
+    assert b.subscribed.wait(10)
+    return b, stop, thread
+
+
+def test_a_reading_published_while_the_bridge_is_stopped_arrives_after_its_restart(
+    kafka: KafkaSettings, mqtt: MqttSettings
+) -> None:
+    """A graceful stop (SIGTERM, a rollout) keeps the bridge's subscriptions in its
+    persistent session: the broker queues what gateways publish meanwhile."""
+    _b, stop, thread = _start(kafka, mqtt)
+    stop.set()
+    thread.join(40)
+    assert not thread.is_alive()
+    publish(mqtt, [(f"{mqtt.topic_prefix}sensors/S-WHILE-DOWN/readings", b"while down")])
+    _b2, stop2, thread2 = _start(kafka, mqtt)
+    try:
+        got = read_topic(
+            kafka,
+            topic_name("readings_mqtt", kafka.topic_prefix),
+            until=lambda m: any(x.key() == b"S-WHILE-DOWN" for x in m),
+        )
+    finally:
+        stop2.set()
+        thread2.join(40)
+    assert [m.value() for m in got] == [b"while down"]

@@ -224,3 +224,21 @@ def test_a_damaged_accounts_file_is_refused_not_rendered(tmp_path: Path) -> None
     auth.source.write_text("{not json")
     with pytest.raises(AuthError, match="not a valid accounts file"):
         auth.accounts()
+
+
+def test_the_ca_key_may_be_kept_offline_between_certificates(tmp_path: Path) -> None:
+    from iotmon.mqtt_auth import ensure_tls  # noqa: PLC0415
+
+    tls = tmp_path / "tls"
+    ca = ensure_tls(tls, ["mqtt.plant.example"])
+    first_ca = ca.read_bytes()
+    offline = tmp_path / "offline.key"
+    (tls / "ca.key").rename(offline)
+    assert ensure_tls(tls, ["mqtt.plant.example"]) == ca  # nothing to issue: no key needed
+    with pytest.raises(AuthError, match=r"ca\.key"):
+        ensure_tls(tls, ["mqtt.plant.example", "10.0.0.5"])
+    assert ca.read_bytes() == first_ca  # never a new CA behind the gateways' back
+    offline.rename(tls / "ca.key")
+    ensure_tls(tls, ["mqtt.plant.example", "10.0.0.5"])
+    assert ca.read_bytes() == first_ca
+    assert "10.0.0.5" in (tls / "server.hosts").read_text()
