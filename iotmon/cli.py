@@ -330,6 +330,30 @@ def ingest_cmd() -> None:
     run(settings, stop_on_signals(), registry)
 
 
+@app.command("notifier")
+def notifier_cmd() -> None:
+    """Deliver alert notifications to the subscriptions (webhook, Slack), each once."""
+    import asyncio  # noqa: PLC0415
+
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from iotmon.runtime import serve_metrics, stop_on_signals  # noqa: PLC0415
+    from stream_apps.notifier.service import Notifier  # noqa: PLC0415
+
+    settings = _settings()
+    registry = CollectorRegistry()
+    serve_metrics(registry, settings.notifier.metrics_port, settings.metrics_host)
+    stopped = stop_on_signals()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, lambda: (stopped.wait(), loop.call_soon_threadsafe(stop.set)))
+        await Notifier(settings, registry).run(stop)
+
+    asyncio.run(main())
+
+
 @app.command("api")
 def api_cmd() -> None:
     """The HTTP API (FastAPI, served by uvicorn)."""

@@ -224,6 +224,30 @@ class SinkSettings(BaseModel):
     metrics_port: int = 9103
 
 
+class NotifierSettings(BaseModel):
+    """Alert delivery (`iotmon notifier`)."""
+
+    group_id: str = "iotmon-notifier"
+    max_attempts: int = Field(8, ge=1)  # then FAILED
+    backoff_base_s: float = Field(2.0, gt=0)  # before the 2nd attempt; doubles each time
+    backoff_max_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # one HTTP attempt
+    lease_s: float = Field(60.0, gt=0)  # a claimed notification is another's after this
+    poll_s: float = Field(1.0, gt=0)  # look for due retries this often
+    batch: int = Field(100, ge=1)
+    language: Literal["ko", "en"] = "ko"
+    link: str = ""  # appended to every message, e.g. the dashboard's address
+    metrics_port: int = 9105
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> NotifierSettings:
+        if self.lease_s <= self.timeout_s:
+            raise ValueError(
+                "lease_s must be longer than timeout_s (else a slow attempt is sent twice)"
+            )
+        return self
+
+
 class BridgeSettings(BaseModel):
     metrics_port: int = 9102
 
@@ -325,6 +349,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    notifier: NotifierSettings = Field(default_factory=NotifierSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)

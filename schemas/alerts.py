@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from schemas.common import Status
+from schemas.master import Location
 
 
 class AlertKind(StrEnum):
@@ -45,3 +46,28 @@ class AlertEvent(BaseModel):
     reading_time: datetime | None
     decided_at: datetime
     message: str
+    # Where the sensor is, as master data said when the event was sent, so that any
+    # subscriber of the topic (ours or a plant's own) can filter without a lookup.  None
+    # for a sensor without a location (or an event written before they were added).
+    plant: str | None = None
+    factory: str | None = None
+    building: str | None = None
+    floor: int | None = None
+    area: str | None = None
+    location_name: str | None = None
+
+
+def with_location(event: AlertEvent, location: Location | None) -> AlertEvent:
+    """``event`` carrying ``location``'s place fields (unchanged without one)."""
+    if location is None:
+        return event
+    return event.model_copy(
+        update={
+            "plant": location.plant,
+            "factory": location.factory,
+            "building": location.building,
+            "floor": location.floor,
+            "area": location.area,
+            "location_name": location.location_name,
+        }
+    )

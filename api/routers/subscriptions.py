@@ -26,7 +26,9 @@ from schemas.master import SENSOR_ID_PATTERN
 
 router = APIRouter(tags=["subscriptions"])
 
-NotifyType = Literal["email", "kakao", "sms", "app", "webhook"]
+NotifyType = Literal["email", "kakao", "sms", "app", "webhook", "slack", "mqtt"]
+Transition = Literal["raised", "escalated", "deescalated", "resolved"]
+DEFAULT_TRANSITIONS: list[Transition] = ["raised", "escalated", "resolved"]
 MinLevel = Literal["warning", "critical"]
 NotificationStatus = Literal["PENDING", "SENT", "FAILED", "RETRYING"]
 Name = Annotated[str | None, Field(None, min_length=1, max_length=100)]
@@ -44,9 +46,14 @@ _FIELDS = (
     "notify_type",
     "notify_id",
     "enabled",
+    "transitions",
+    "include_silent",
 )
 _COLUMNS = sql.SQL(", ").join(
-    sql.Identifier(c) for c in ("subscription_id", *_FIELDS, "created_at", "updated_at")
+    [
+        *(sql.Identifier(c) for c in ("subscription_id", *_FIELDS, "created_at", "updated_at")),
+        sql.SQL("secret IS NOT NULL AS has_secret"),
+    ]
 )
 
 
@@ -65,11 +72,22 @@ class SubscriptionIn(BaseModel):
     notify_type: NotifyType
     notify_id: str = Field(min_length=1, max_length=500)
     enabled: bool = True
+    # Which alert state changes notify; sensor-silent alerts only when asked.
+    transitions: list[Transition] = Field(
+        default_factory=lambda: list(DEFAULT_TRANSITIONS), min_length=1, max_length=4
+    )
+    include_silent: bool = False
+    # Key of a webhook's HMAC-SHA256 signature header; write-only (never shown again).
+    secret: str | None = Field(None, min_length=16, max_length=200, exclude=True)
 
     @model_validator(mode="after")
     def _target_fits_channel(self) -> SubscriptionIn:
         if self.notify_type == "webhook" and not self.notify_id.startswith(("http://", "https://")):
             raise ValueError("a webhook's notify_id must be an http:// or https:// URL")
+        if self.notify_type == "slack" and not self.notify_id.startswith("https://"):
+            raise ValueError("a slack notify_id must be an incoming-webhook https:// URL")
+        if len(set(self.transitions)) != len(self.transitions):
+            raise ValueError("transitions must not repeat")
         if self.notify_type == "email" and "@" not in self.notify_id:
             raise ValueError("an email's notify_id must be an address")
         return self
@@ -92,6 +110,9 @@ class SubscriptionPatch(BaseModel):
     notify_type: NotifyType | None = None
     notify_id: str | None = Field(None, min_length=1, max_length=500)
     enabled: bool | None = None
+    transitions: list[Transition] | None = Field(None, min_length=1, max_length=4)
+    include_silent: bool | None = None
+    secret: str | None = Field(None, min_length=16, max_length=200)
 
 
 class Subscription(SubscriptionIn):
@@ -100,6 +121,7 @@ class Subscription(SubscriptionIn):
     subscription_id: int
     created_at: datetime
     updated_at: datetime
+    has_secret: bool = False
 
 
 class Notification(BaseModel):
@@ -114,6 +136,7 @@ class Notification(BaseModel):
     created_at: datetime
     sent_time: datetime | None
     fail_reason: str | None
+    idempotency_key: str | None = None
 
 
 SubscriptionId = Annotated[int, Path(ge=1, le=2**62)]
@@ -184,17 +207,17 @@ async def create_subscription(conn: Conn, body: SubscriptionIn) -> Subscription:
     return await _write(
         conn,
         sql.SQL("INSERT INTO alert_subscriptions ({}) VALUES ({}) RETURNING {}").format(
-            sql.SQL(", ").join(sql.Identifier(f) for f in _FIELDS),
-            sql.SQL(", ").join(sql.Placeholder(f) for f in _FIELDS),
+            sql.SQL(", ").join(sql.Identifier(f) for f in (*_FIELDS, "secret")),
+            sql.SQL(", ").join(sql.Placeholder(f) for f in (*_FIELDS, "secret")),
             _COLUMNS,
         ),
-        body.model_dump(),
+        {**body.model_dump(), "secret": body.secret},
     )
 
 
 _UPDATE = sql.SQL(
-    "UPDATE alert_subscriptions SET ({}) = ({}), updated_at = now()"
-    " WHERE subscription_id = %(subscription_id)s RETURNING {}"
+    "UPDATE alert_subscriptions SET ({}) = ({}), secret = coalesce(%(secret)s, secret),"
+    " updated_at = now() WHERE subscription_id = %(subscription_id)s RETURNING {}"
 ).format(
     sql.SQL(", ").join(sql.Identifier(f) for f in _FIELDS),
     sql.SQL(", ").join(sql.Placeholder(f) for f in _FIELDS),
@@ -215,7 +238,11 @@ async def update_subscription(
         merged = SubscriptionIn.model_validate(merged_fields)
     except ValidationError as exc:
         raise HTTPException(422, "; ".join(e["msg"] for e in exc.errors())) from None
-    return await _write(conn, _UPDATE, {**merged.model_dump(), "subscription_id": subscription_id})
+    return await _write(
+        conn,
+        _UPDATE,
+        {**merged.model_dump(), "secret": body.secret, "subscription_id": subscription_id},
+    )
 
 
 async def _set_enabled(conn: Conn, subscription_id: int, enabled: bool) -> Subscription:
@@ -267,10 +294,59 @@ async def notifications(
         await cur.execute(
             sql.SQL(
                 "SELECT notification_id, alert_id, event_id, subscription_id, notify_type,"
-                " notify_id, status, try_count, created_at, sent_time, fail_reason"
+                " notify_id, status, try_count, created_at, sent_time, fail_reason,"
+                " idempotency_key"
                 " FROM notifications WHERE {} ORDER BY created_at DESC, notification_id DESC"
                 " OFFSET %s LIMIT %s"
             ).format(sql.SQL(" AND ").join(conditions)),
             [*params, skip, limit],
         )
         return [Notification.model_validate(r) for r in await cur.fetchall()]
+
+
+# The original system's read endpoints of the log (same rows, same order).
+@router.get("/notifications/pending", dependencies=[CanReadPrivate])
+async def pending_notifications(
+    conn: Conn, skip: Skip = 0, limit: Limit = 100
+) -> list[Notification]:
+    """Owed and not yet sent: PENDING and RETRYING."""
+    rows = await notifications(conn, skip, limit, status="PENDING")
+    return rows + await notifications(conn, skip, limit, status="RETRYING")
+
+
+@router.get("/notifications/failed", dependencies=[CanReadPrivate])
+async def failed_notifications(
+    conn: Conn, skip: Skip = 0, limit: Limit = 100
+) -> list[Notification]:
+    return await notifications(conn, skip, limit, status="FAILED")
+
+
+@router.get("/notifications/alert/{alert_id}", dependencies=[CanReadPrivate])
+async def notifications_of_alert(
+    conn: Conn, alert_id: UUID, skip: Skip = 0, limit: Limit = 100
+) -> list[Notification]:
+    return await notifications(conn, skip, limit, alert_id=alert_id)
+
+
+@router.get("/notifications/subscription/{subscription_id}", dependencies=[CanReadPrivate])
+async def notifications_of_subscription(
+    conn: Conn, subscription_id: SubscriptionId, skip: Skip = 0, limit: Limit = 100
+) -> list[Notification]:
+    return await notifications(conn, skip, limit, subscription_id=subscription_id)
+
+
+@router.get("/notifications/{notification_id}", dependencies=[CanReadPrivate])
+async def get_notification(
+    conn: Conn, notification_id: Annotated[int, Path(ge=1, le=2**62)]
+) -> Notification:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT notification_id, alert_id, event_id, subscription_id, notify_type,"
+            " notify_id, status, try_count, created_at, sent_time, fail_reason,"
+            " idempotency_key FROM notifications WHERE notification_id = %s",
+            (notification_id,),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise HTTPException(404, f"notification {notification_id} does not exist")
+    return Notification.model_validate(row)

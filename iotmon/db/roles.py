@@ -54,6 +54,8 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "locations": ("INSERT", "UPDATE", "DELETE"),
         "sensors": ("INSERT", "UPDATE", "DELETE"),
         "latest_readings": ("DELETE",),  # an unregistered sensor leaves the realtime view
+        # The notifier logs in as the API's role (it reads the subscriptions too).
+        "notifications": ("INSERT", "UPDATE"),
         "floor_hourly": ("INSERT", "UPDATE", "DELETE"),
     },
 }

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from iotmon.settings import WorkerSettings
 from schemas.aggregates import HourlyAggregate
+from schemas.alerts import with_location
 from schemas.readings import ReadingBatch
 from schemas.topics import TopicId, topic_name
 from stream_apps.common.partitioning import partition_for
@@ -216,7 +217,8 @@ class Applier:
         self.changed.update(outputs)
         for event in outputs.alerts:
             self._count.alert_events.labels(event.transition.value).inc()
-            self._add("alerts", event.sensor_id, event.model_dump_json().encode())
+            located = with_location(event, self.views.location(event.sensor_id))
+            self._add("alerts", event.sensor_id, located.model_dump_json().encode())
         if outputs.late:
             self._count.late.inc(len(outputs.late))
             self.sender.add(

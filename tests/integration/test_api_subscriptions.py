@@ -139,6 +139,15 @@ def test_notification_log(client: TestClient, db: DatabaseSettings) -> None:
     assert [n["fail_reason"] for n in failed] == ["smtp: 550 mailbox unavailable"]
     assert len(client.get("/api/v1/notifications/", params={"subscription_id": sid}).json()) == 3
     assert client.get("/api/v1/notifications/", params={"status": "LOST"}).status_code == 422
+    # The original system's read endpoints.
+    one = log.json()[0]
+    assert client.get(f"/api/v1/notifications/{one['notification_id']}").json() == one
+    assert one["idempotency_key"] == f"{one['event_id']}:{sid}"
+    assert [n["status"] for n in client.get("/api/v1/notifications/pending").json()] == ["PENDING"]
+    assert [n["status"] for n in client.get("/api/v1/notifications/failed").json()] == ["FAILED"]
+    assert len(client.get(f"/api/v1/notifications/alert/{alert}").json()) == 2
+    assert len(client.get(f"/api/v1/notifications/subscription/{sid}").json()) == 3
+    assert client.get("/api/v1/notifications/999999").status_code == 404
     # Deleting a subscription deletes its log.
     client.delete(f"{URL}{sid}", headers=OPERATOR)
     assert client.get("/api/v1/notifications/").json() == []
@@ -160,3 +169,36 @@ def test_personal_data_is_never_readable_without_a_token(
             assert BODY["notify_id"] not in r.text
             assert anonymous.get(path, headers=VIEWER).status_code == 200
         assert anonymous.get("/api/v1/thresholds/").status_code == 200
+
+
+def test_delivery_options_and_a_write_only_secret(client: TestClient) -> None:
+    body = {
+        **BODY,
+        "notify_type": "webhook",
+        "notify_id": "https://hooks.example/alerts",
+        "transitions": ["raised", "resolved"],
+        "include_silent": True,
+        "secret": "a-webhook-secret-of-some-length",
+    }
+    created = client.post(URL, json=body, headers=OPERATOR)
+    assert created.status_code == 201, created.text
+    doc = created.json()
+    assert "secret" not in doc and doc["has_secret"] is True
+    assert doc["transitions"] == ["raised", "resolved"] and doc["include_silent"] is True
+    sid = doc["subscription_id"]
+    assert "a-webhook-secret" not in client.get(f"{URL}{sid}").text
+    # An update without a secret keeps it.
+    changed = client.put(f"{URL}{sid}", json={"include_silent": False}, headers=OPERATOR)
+    assert changed.json()["has_secret"] is True and changed.json()["include_silent"] is False
+    bad_fields: list[dict[str, object]] = [
+        {"transitions": []},
+        {"transitions": ["raised", "raised"]},
+        {"transitions": ["exploded"]},
+        {"secret": "short"},
+        {"notify_type": "slack", "notify_id": "http://plain.example/hook"},
+    ]
+    for bad in bad_fields:
+        r = client.post(URL, json={**body, **bad}, headers=OPERATOR)
+        assert r.status_code == 422, (bad, r.text)
+    slack = {**body, "notify_type": "slack", "notify_id": "https://hooks.slack.com/services/T/B/X"}
+    assert client.post(URL, json=slack, headers=OPERATOR).status_code == 201

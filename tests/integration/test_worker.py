@@ -175,6 +175,14 @@ def test_hovering_at_a_band_edge_gives_exactly_the_expected_alerts(
         + ["32.95", "33.0", "32.9", "33.1"]
         + ["30.0"] * 8
     )
+    import_master_data(
+        db,
+        kafka,
+        MasterData(
+            [Location(loc_id="H001", plant="P1", factory="SinPyeong", building="MX-1", floor=2)],
+            [Sensor(sensor_id="TEMPIOT-H001", loc_id="H001")],
+        ),
+    )
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     pipeline.worker()
     pipeline.wait_ready()
@@ -193,6 +201,12 @@ def test_hovering_at_a_band_edge_gives_exactly_the_expected_alerts(
     assert transitions() == ["raised", "escalated", "resolved"]
     rows = pipeline.query("SELECT alert_type, alert_level, state, threshold_level FROM alerts")
     assert rows == [("pcv_temperature", "critical", "resolved", "orange")]
+    # Every event on the topic carries where the sensor is (for the topic's subscribers).
+    places = pipeline.query(
+        "SELECT DISTINCT payload->>'plant', payload->>'factory', payload->>'building',"
+        " (payload->>'floor')::int FROM alert_events"
+    )
+    assert places == [("P1", "SinPyeong", "MX-1", 2)]
 
 
 def test_a_new_threshold_reaches_the_running_worker(

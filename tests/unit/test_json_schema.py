@@ -5,7 +5,7 @@ import json
 import jsonschema
 import pytest
 
-from schemas.export import SCHEMA_DIR, batch_schema, reading_schema
+from schemas.export import SCHEMA_DIR, alert_event_schema, batch_schema, reading_schema
 
 pytestmark = pytest.mark.unit
 
@@ -14,6 +14,40 @@ def test_published_files_match_the_models() -> None:
     """`iotmon schema` output is committed; a model change must re-export it."""
     assert json.loads((SCHEMA_DIR / "reading.schema.json").read_text()) == reading_schema()
     assert json.loads((SCHEMA_DIR / "reading-batch.schema.json").read_text()) == batch_schema()
+    assert json.loads((SCHEMA_DIR / "alert-event.schema.json").read_text()) == alert_event_schema()
+
+
+def test_an_alert_event_on_the_topic_validates_against_its_schema() -> None:
+    from datetime import UTC, datetime  # noqa: PLC0415
+    from decimal import Decimal  # noqa: PLC0415
+    from uuid import uuid4  # noqa: PLC0415
+
+    from schemas.alerts import AlertEvent, AlertKind, AlertTransition, with_location  # noqa: PLC0415
+    from schemas.common import Status  # noqa: PLC0415
+    from schemas.master import Location  # noqa: PLC0415
+
+    event = AlertEvent(
+        event_id=uuid4(),
+        alert_id=uuid4(),
+        kind=AlertKind.THRESHOLD,
+        transition=AlertTransition.RAISED,
+        sensor_id="TEMPIOT-A011",
+        loc_id="A011",
+        metric="pcv_temperature",
+        level=Status.CRITICAL,
+        measured_value=Decimal("33.40"),
+        threshold_id=3,
+        threshold_level="orange",
+        threshold_min=Decimal("33.00"),
+        threshold_max=None,
+        reading_time=datetime.now(UTC),
+        decided_at=datetime.now(UTC),
+        message="hot",
+    )
+    located = with_location(event, Location(loc_id="A011", factory="SinPyeong", floor=1))
+    doc = json.loads(located.model_dump_json())
+    jsonschema.validate(doc, alert_event_schema())
+    assert (doc["factory"], doc["floor"]) == ("SinPyeong", 1)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,202 @@
+"""How a notification goes out: one small interface, one class per kind of target.
+
+A channel's :meth:`Channel.send` returns normally when the target took the message, raises
+:class:`Transient` for what may work later (timeouts, refused connections, 5xx, 408, 429)
+and :class:`Permanent` for what never will (a 4xx answer, a channel not configured).  The
+delivery loop records either and retries only the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import httpx
+import orjson
+
+from schemas.alerts import AlertEvent, AlertKind
+
+SIGNATURE_HEADER = "X-Iotmon-Signature"
+IDEMPOTENCY_HEADER = "X-Iotmon-Idempotency-Key"
+
+
+class Transient(Exception):
+    """Worth another attempt later."""
+
+
+class Permanent(Exception):
+    """No retry will help."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One notification to send: the event, its rendered text, and the key a receiver uses
+    to drop a repeat."""
+
+    idempotency_key: str
+    subscription_id: int
+    target: str
+    secret: str | None
+    event: AlertEvent
+    text: str
+
+
+class Channel(Protocol):
+    async def send(self, message: Outgoing) -> None: ...
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value: ``sha256=<hex HMAC-SHA256 of the body>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code < 300:
+        return
+    reason = f"HTTP {response.status_code}: {response.text[:200]}"
+    if response.status_code >= 500 or response.status_code in (408, 425, 429):
+        raise Transient(reason)
+    raise Permanent(reason)
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> None:
+    try:
+        response = await client.post(url, content=body, headers=headers)
+    except httpx.TimeoutException as exc:
+        raise Transient(f"timed out: {exc!r}") from exc
+    except httpx.TransportError as exc:
+        raise Transient(f"could not connect: {exc!r}") from exc
+    _check(response)
+
+
+class WebhookChannel:
+    """A JSON POST with the event, the text, an HMAC-SHA256 signature of the body (with the
+    subscription's secret) and the idempotency key in headers."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @staticmethod
+    def body(message: Outgoing) -> bytes:
+        return orjson.dumps(
+            {
+                "idempotency_key": message.idempotency_key,
+                "subscription_id": message.subscription_id,
+                "text": message.text,
+                "event": message.event.model_dump(mode="json"),
+            }
+        )
+
+    async def send(self, message: Outgoing) -> None:
+        body = self.body(message)
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: message.idempotency_key}
+        if message.secret:
+            headers[SIGNATURE_HEADER] = sign(message.secret, body)
+        await _post(self.client, message.target, body, headers)
+
+
+class SlackChannel:
+    """Slack's incoming-webhook format: ``text`` (the fallback) and one section block."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @staticmethod
+    def body(message: Outgoing) -> bytes:
+        return orjson.dumps(
+            {
+                "text": message.text,
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": message.text}}],
+            }
+        )
+
+    async def send(self, message: Outgoing) -> None:
+        await _post(
+            self.client,
+            message.target,
+            self.body(message),
+            {"Content-Type": "application/json", IDEMPOTENCY_HEADER: message.idempotency_key},
+        )
+
+
+# -- message texts ---------------------------------------------------------------------------
+
+_METRIC = {
+    "en": {
+        "temperature": "Temperature",
+        "humidity": "Humidity",
+        "pcv_temperature": "Perceived temperature",
+    },
+    "ko": {"temperature": "온도", "humidity": "습도", "pcv_temperature": "체감온도"},
+}
+_UNIT = {"temperature": "°C", "humidity": "%", "pcv_temperature": "°C"}
+_LEVEL = {
+    "en": {"warning": "WARNING", "critical": "CRITICAL"},
+    "ko": {"warning": "주의", "critical": "위험"},
+}
+_TRANSITION = {
+    "en": {
+        "raised": "raised",
+        "escalated": "escalated",
+        "deescalated": "eased",
+        "resolved": "resolved",
+    },
+    "ko": {"raised": "발생", "escalated": "상향", "deescalated": "하향", "resolved": "해제"},
+}
+
+
+def _place(event: AlertEvent, language: str) -> str:
+    parts: list[str] = [p for p in (event.factory, event.building) if p]
+    if event.floor is not None:
+        parts.append(f"{event.floor}층" if language == "ko" else f"{event.floor}F")
+    if event.area:
+        parts.append(event.area)
+    where = " / ".join(parts) or event.loc_id
+    sensor = "센서" if language == "ko" else "sensor"
+    return f"{where} ({event.loc_id}, {sensor} {event.sensor_id})"
+
+
+def render(
+    event: AlertEvent, language: str = "ko", link: str | None = None, tz: str = "Asia/Seoul"
+) -> str:
+    """The text of a notification in Korean (``ko``) or English (``en``)."""
+    lang = "en" if language == "en" else "ko"
+    level = _LEVEL[lang].get(event.level.value, event.level.value)
+    when = event.decided_at.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
+    transition = _TRANSITION[lang].get(event.transition.value, event.transition.value)
+    place = _place(event, lang)
+    if event.kind is AlertKind.SENSOR_SILENT:
+        what = "센서 무응답" if lang == "ko" else "Sensor silent"
+        text = f"[{level}] {what} — {place}: {transition} {when}"
+    else:
+        metric = _METRIC[lang].get(event.metric or "", event.metric or "")
+        unit = _UNIT.get(event.metric or "", "")
+        value = f"{event.measured_value}{unit}" if event.measured_value is not None else "—"
+        band = _band(event, lang)
+        text = f"[{level}] {metric} {value} — {place}{band}: {transition} {when}"
+    return f"{text}\n{link}" if link else text
+
+
+def _band(event: AlertEvent, lang: str) -> str:
+    if event.threshold_min is None and event.threshold_max is None:
+        return ""
+    low, high = event.threshold_min, event.threshold_max
+    if lang == "ko":
+        rng = (
+            f"{low} 이상"
+            if high is None
+            else f"{low}~{high}"
+            if low is not None
+            else f"{high} 이하"
+        )
+        return f", 기준 {event.threshold_level} ({rng})"
+    rng = f"≥ {low}" if high is None else f"{low}–{high}" if low is not None else f"≤ {high}"
+    return f", band {event.threshold_level} ({rng})"
+
+
+def channels(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The channels this notifier has, by ``notify_type``."""
+    return {"webhook": WebhookChannel(client), "slack": SlackChannel(client)}
