@@ -196,10 +196,30 @@ class AuthDir:
     def add_service(self, name: str, *, write: list[str], read: list[str]) -> str:
         """A service account whose password is kept in ``credentials/<name>``; created
         once, later calls return the stored password."""
+        return self.ensure(name, "service", write=write, read=read)
+
+    def ensure(
+        self,
+        name: str,
+        kind: Literal["gateway", "service"],
+        *,
+        write: list[str],
+        read: list[str] | None = None,
+    ) -> str:
+        """The account with these rights and a password kept in ``credentials/<name>``:
+        left as it is when it already has both (its password never changes under a client
+        that uses it), else created or re-keyed."""
         stored = self.credential_file(name)
-        if name in self.accounts() and stored.exists():
+        account = self.accounts().get(name)
+        if (
+            account is not None
+            and stored.exists()
+            and account.kind == kind
+            and account.write == write
+            and account.read == list(read or [])
+        ):
             return stored.read_text().strip()
-        password = self.add(name, "service", write=write, read=read, replace=True)
+        password = self.add(name, kind, write=write, read=read, replace=True)
         self.save_credential(name, password)
         return password
 

@@ -89,8 +89,9 @@ def _test_gateway(settings: Settings) -> None:
     publish as it; the bridge under test logs in with the stack's bridge account)."""
     assert settings.mqtt.auth_dir is not None
     auth = AuthDir(settings.mqtt.auth_dir)
-    password = auth.add(TEST_GATEWAY, "gateway", write=["test/#"], replace=True)
-    auth.save_credential(TEST_GATEWAY, password)
+    # Kept across sessions: a session that re-keyed it would lock out the gateways of
+    # another session on the same stack at their next reconnect.
+    auth.ensure(TEST_GATEWAY, "gateway", write=["test/#"])
     Stack(settings).mosquitto.reload()
     mqtt_login_works(gateway_settings(settings.mqtt))
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message
+from prometheus_client import CollectorRegistry
 
 from iotmon.kafka_records import read_headers
 from iotmon.settings import KafkaSettings, MqttSettings
+from producers.bridge import Bridge
 
 
 def read_topic(
@@ -111,3 +114,29 @@ def wait_connack(client: object, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def start_bridge(
+    kafka: KafkaSettings, mqtt: MqttSettings, registry: CollectorRegistry | None = None
+) -> tuple[Bridge, threading.Event, threading.Thread]:
+    """A bridge writing to this test's topics, running in a thread and subscribed:
+    (bridge, stop event, thread)."""
+    from iotmon.settings import BridgeSettings  # noqa: PLC0415
+    from producers.bridge import BridgeMetrics, make_client  # noqa: PLC0415
+    from producers.kafka import make_producer  # noqa: PLC0415
+    from schemas.topics import topic_name  # noqa: PLC0415
+
+    bridge = Bridge(
+        make_client(mqtt),
+        make_producer(kafka),
+        mqtt,
+        BridgeSettings(),
+        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
+        dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
+        metrics=BridgeMetrics(registry or CollectorRegistry()),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    thread.start()
+    assert bridge.subscribed.wait(15), "the bridge did not subscribe"
+    return bridge, stop, thread

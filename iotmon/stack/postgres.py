@@ -102,8 +102,10 @@ class PostgresService:
         if not path.exists():
             _write_private(path, secrets.token_urlsafe(24) + "\n")
         password = path.read_text().strip()
+        # Any port of this machine: the same server is also reached through a port of its
+        # own now and then (a proxy in front of it).  SCRAM never sends the password itself.
         lines = "".join(
-            f"{host}:{self.s.postgres_port}:*:{DB_USER}:{password}\n"
+            f"{host}:*:*:{DB_USER}:{password}\n"
             for host in ("127.0.0.1", "localhost", str(self.sock))
         )
         if not self.pgpass.exists() or self.pgpass.read_text() != lines:

@@ -2,42 +2,29 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt_client
 import pytest
 from prometheus_client import CollectorRegistry
 
-from iotmon.settings import BridgeSettings, KafkaSettings, MqttSettings
-from producers.bridge import Bridge, BridgeMetrics, make_client
-from producers.kafka import make_producer
+from iotmon.settings import KafkaSettings, MqttSettings
+from producers.bridge import Bridge
 from producers.mqtt_connect import apply_login
 from schemas.deadletters import DeadLetterHeaders
 from schemas.readings import IngressHeaders
 from schemas.topics import topic_name
-from tests.helpers import gateway_settings, headers_of, read_topic, wait_for
+from tests.helpers import gateway_settings, headers_of, read_topic, start_bridge, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def bridge(kafka: KafkaSettings, mqtt: MqttSettings) -> Iterator[tuple[Bridge, CollectorRegistry]]:
-    mqtt = mqtt.model_copy(update={"extra_topics": ["gateways/{gateway}/batch"]})
     registry = CollectorRegistry()
-    b = Bridge(
-        make_client(mqtt),
-        make_producer(kafka),
-        mqtt,
-        BridgeSettings(),
-        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
-        dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
-        metrics=BridgeMetrics(registry),
+    b, stop, thread = start_bridge(
+        kafka, mqtt.model_copy(update={"extra_topics": ["gateways/{gateway}/batch"]}), registry
     )
-    stop = threading.Event()
-    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
-    thread.start()
-    assert b.subscribed.wait(10)
     yield b, registry
     stop.set()
     thread.join(40)
@@ -105,36 +92,17 @@ def test_wrong_topic_goes_to_the_dead_letter_topic(
     )
 
 
-def _start(
-    kafka: KafkaSettings, mqtt: MqttSettings
-) -> tuple[Bridge, threading.Event, threading.Thread]:
-    b = Bridge(
-        make_client(mqtt),
-        make_producer(kafka),
-        mqtt,
-        BridgeSettings(),
-        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
-        dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
-        metrics=BridgeMetrics(CollectorRegistry()),
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
-    thread.start()
-    assert b.subscribed.wait(10)
-    return b, stop, thread
-
-
 def test_a_reading_published_while_the_bridge_is_stopped_arrives_after_its_restart(
     kafka: KafkaSettings, mqtt: MqttSettings
 ) -> None:
     """A graceful stop (SIGTERM, a rollout) keeps the bridge's subscriptions in its
     persistent session: the broker queues what gateways publish meanwhile."""
-    _b, stop, thread = _start(kafka, mqtt)
+    _b, stop, thread = start_bridge(kafka, mqtt)
     stop.set()
     thread.join(40)
     assert not thread.is_alive()
     publish(mqtt, [(f"{mqtt.topic_prefix}sensors/S-WHILE-DOWN/readings", b"while down")])
-    _b2, stop2, thread2 = _start(kafka, mqtt)
+    _b2, stop2, thread2 = start_bridge(kafka, mqtt)
     try:
         got = read_topic(
             kafka,

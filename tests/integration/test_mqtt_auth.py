@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
@@ -21,11 +22,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from iotmon.mqtt_auth import AuthDir, gateway_topics
-from iotmon.settings import BridgeSettings, DatabaseSettings, KafkaSettings, MqttSettings, Settings
+from iotmon.settings import DatabaseSettings, KafkaSettings, MqttSettings, Settings
 from iotmon.stack import Stack
-from producers.bridge import Bridge, BridgeMetrics, make_client
+from producers.bridge import Bridge
 from producers.gateway import GatewayProducer
-from producers.kafka import make_producer
 from producers.masterdata import MasterData, import_master_data
 from producers.mqtt_connect import apply_login
 from producers.simulate_cmd import mqtt_topic
@@ -33,7 +33,14 @@ from schemas.deadletters import DeadLetterHeaders
 from schemas.master import Location, Sensor
 from schemas.readings import IngressHeaders, ReadingBatch
 from schemas.topics import topic_name
-from tests.helpers import headers_of, mqtt_login_works, read_topic, value_of, wait_connack
+from tests.helpers import (
+    headers_of,
+    mqtt_login_works,
+    read_topic,
+    start_bridge,
+    value_of,
+    wait_connack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -123,18 +130,30 @@ class Publisher:
 
 
 def run_bridge(kafka: KafkaSettings, mqtt: MqttSettings, stop: threading.Event) -> Bridge:
-    bridge = Bridge(
-        make_client(mqtt),
-        make_producer(kafka),
-        mqtt,
-        BridgeSettings(),
-        raw_topic=topic_name("readings_mqtt", kafka.topic_prefix),
-        dead_letter_topic=topic_name("dead_letters", kafka.topic_prefix),
-        metrics=BridgeMetrics(CollectorRegistry()),
-    )
-    threading.Thread(target=bridge.run, args=(stop,), daemon=True).start()
-    assert bridge.subscribed.wait(15), "the bridge did not subscribe"
+    """A bridge of this test, stopped with ``stop`` (the test's)."""
+    bridge, own_stop, _thread = start_bridge(kafka, mqtt)
+
+    def relay() -> None:
+        stop.wait()
+        own_stop.set()
+
+    threading.Thread(target=relay, daemon=True).start()
     return bridge
+
+
+def publish_and_read(gw: MqttSettings, kafka: KafkaSettings, key: str, payload: bytes) -> list[Any]:
+    """Publish as gateway ``gw`` (refused publishes fail the test) and read the bridged
+    topic until the record keyed ``key`` is there."""
+    pub = Publisher(gw)
+    try:
+        assert pub.publish(mqtt_topic(gw, key), payload) == "Success"
+    finally:
+        pub.close()
+    return read_topic(
+        kafka,
+        topic_name("readings_mqtt", kafka.topic_prefix),
+        until=lambda m: any(x.key() == key.encode() for x in m),
+    )
 
 
 @pytest.fixture
@@ -223,16 +242,7 @@ def test_a_gateway_over_tls_reaches_kafka_end_to_end(
     }
     gw = gateways.add(f"gw-t-{uuid.uuid4().hex[:6]}").model_copy(update=tls)
     run_bridge(kafka, mqtt.model_copy(update=tls), stop)  # the bridge over TLS too
-    pub = Publisher(gw)
-    try:
-        assert pub.publish(mqtt_topic(gw, "S-TLS"), b'{"over": "tls"}') == "Success"
-    finally:
-        pub.close()
-    raw = read_topic(
-        kafka,
-        topic_name("readings_mqtt", kafka.topic_prefix),
-        until=lambda m: any(x.key() == b"S-TLS" for x in m),
-    )
+    raw = publish_and_read(gw, kafka, "S-TLS", b'{"over": "tls"}')
     assert [value_of(m) for m in raw] == [b'{"over": "tls"}']
     assert headers_of(raw[0])[IngressHeaders.GATEWAY] == account(gw).encode()
 
@@ -353,16 +363,7 @@ def test_a_gateway_cannot_take_over_the_bridges_session(
         finally:
             thief.loop_stop()
             thief.disconnect()
-    pub = Publisher(gw)
-    try:
-        assert pub.publish(mqtt_topic(gw, "S-KEPT"), b'{"kept": true}') == "Success"
-    finally:
-        pub.close()
-    raw = read_topic(
-        kafka,
-        topic_name("readings_mqtt", kafka.topic_prefix),
-        until=lambda m: any(x.key() == b"S-KEPT" for x in m),
-    )
+    raw = publish_and_read(gw, kafka, "S-KEPT", b'{"kept": true}')
     assert [m.key() for m in raw] == [b"S-KEPT"]
 
 
