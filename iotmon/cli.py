@@ -334,6 +334,7 @@ def ingest_cmd() -> None:
 def notifier_cmd() -> None:
     """Deliver alert notifications to the subscriptions (webhook, Slack), each once."""
     import asyncio  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
@@ -348,7 +349,12 @@ def notifier_cmd() -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, lambda: (stopped.wait(), loop.call_soon_threadsafe(stop.set)))
+
+        def relay() -> None:  # a daemon thread: never holds up the exit
+            stopped.wait()
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=relay, daemon=True).start()
         await Notifier(settings, registry).run(stop)
 
     asyncio.run(main())
