@@ -238,6 +238,13 @@ class NotifierSettings(BaseModel):
     language: Literal["ko", "en"] = "ko"
     link: str = ""  # appended to every message, e.g. the dashboard's address
     metrics_port: int = 9105
+    # E-mail (notify_type "email"): off while smtp_host is empty.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True  # upgrade the connection (certificate checked) before login
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "iotmon@localhost"
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> NotifierSettings:

@@ -8,15 +8,22 @@ delivery loop records either and retries only the first.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import html
+import smtplib
+import ssl
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
 
+from iotmon.settings import NotifierSettings
 from schemas.alerts import AlertEvent, AlertKind
 
 SIGNATURE_HEADER = "X-Iotmon-Signature"
@@ -197,6 +204,89 @@ def _band(event: AlertEvent, lang: str) -> str:
     return f", band {event.threshold_level} ({rng})"
 
 
-def channels(client: httpx.AsyncClient) -> dict[str, Any]:
-    """The channels this notifier has, by ``notify_type``."""
-    return {"webhook": WebhookChannel(client), "slack": SlackChannel(client)}
+def channels(client: httpx.AsyncClient, settings: NotifierSettings | None = None) -> dict[str, Any]:
+    """The channels this notifier has, by ``notify_type`` (e-mail when an SMTP host is
+    set)."""
+    out: dict[str, Any] = {"webhook": WebhookChannel(client), "slack": SlackChannel(client)}
+    if settings is not None and settings.smtp_host:
+        out["email"] = EmailChannel(
+            settings.smtp_host,
+            settings.smtp_port,
+            sender=settings.smtp_from,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            timeout_s=settings.timeout_s,
+        )
+    return out
+
+
+class EmailChannel:
+    """E-mail over SMTP: plain text and HTML, STARTTLS (the server's certificate checked)
+    and login when configured.  smtplib runs in a thread; 5xx answers are permanent,
+    4xx answers and connection trouble transient."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        sender: str,
+        starttls: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.host, self.port, self.sender = host, port, sender
+        self.starttls, self.username, self.password = starttls, username, password
+        self.timeout_s = timeout_s
+
+    def message(self, message: Outgoing) -> EmailMessage:
+        event = message.event
+        mail = EmailMessage()
+        mail["From"] = self.sender
+        mail["To"] = message.target
+        mail["Subject"] = message.text.splitlines()[0][:200]
+        mail["Message-ID"] = make_msgid(idstring=message.idempotency_key.replace(":", "."))
+        mail["X-Iotmon-Idempotency-Key"] = message.idempotency_key
+        mail.set_content(message.text)
+        rows = "".join(
+            f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in (
+                ("factory", event.factory),
+                ("building", event.building),
+                ("floor", event.floor),
+                ("area", event.area),
+                ("location", event.loc_id),
+                ("sensor", event.sensor_id),
+                ("metric", event.metric),
+                ("value", event.measured_value),
+                ("level", event.level.value),
+                ("band", event.threshold_level),
+                ("transition", event.transition.value),
+                ("at", event.decided_at.isoformat()),
+            )
+            if v is not None
+        )
+        text = "<br>".join(html.escape(line) for line in message.text.splitlines())
+        mail.add_alternative(f"<p>{text}</p><table>{rows}</table>", subtype="html")
+        return mail
+
+    def _send(self, mail: EmailMessage) -> None:
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
+                if self.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.username:
+                    smtp.login(self.username, self.password or "")
+                smtp.send_message(mail)
+        except smtplib.SMTPResponseException as exc:
+            reason = f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"
+            raise (Permanent if exc.smtp_code >= 500 else Transient)(reason) from exc
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise Permanent(f"recipients refused: {exc.recipients}") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise Transient(f"SMTP: {exc!r}") from exc
+
+    async def send(self, message: Outgoing) -> None:
+        await asyncio.to_thread(self._send, self.message(message))

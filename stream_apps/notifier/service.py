@@ -102,7 +102,7 @@ class Notifier:
         self.n = settings.notifier
         self.metrics = NotifierMetrics(registry or CollectorRegistry())
         self.http = http or httpx.AsyncClient(timeout=self.n.timeout_s, follow_redirects=False)
-        self.channels = channels(self.http)
+        self.channels = channels(self.http, self.n)
         self.wake = asyncio.Event()
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.in_flight: set[asyncio.Task[None]] = set()

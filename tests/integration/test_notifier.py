@@ -287,3 +287,67 @@ def test_each_event_and_subscription_is_sent_once_even_when_read_again(
     assert len(keys) == len(set(keys)) == 60
     assert set(keys) == {f"{e.event_id}:{s}" for e in events for s in subs}
     assert all(v[:2] == ("SENT", 1) for v in log_of(db).values())
+
+
+class Mailbox:
+    """aiosmtpd's handler: keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+def test_an_email_reaches_the_smtp_server_with_text_and_html(
+    stack: Settings, kafka: KafkaSettings, db: DatabaseSettings, group_id: str
+) -> None:
+    from email import message_from_bytes, policy  # noqa: PLC0415
+
+    from aiosmtpd.controller import Controller  # noqa: PLC0415
+
+    from tests.pipeline import free_port  # noqa: PLC0415
+
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        sid = subscribe(db, notify_type="email", notify_id="safety@plant.example")
+        settings = settings_for(stack, kafka, db, group_id)
+        settings = settings.model_copy(
+            update={
+                "notifier": settings.notifier.model_copy(
+                    update={
+                        "smtp_host": "127.0.0.1",
+                        "smtp_port": port,
+                        "smtp_starttls": False,  # a local test server without TLS
+                        "smtp_from": "iotmon@plant.example",
+                        "link": "https://plant.example/dashboard",
+                    }
+                )
+            }
+        )
+        event = alert()
+        running = Running(settings)
+        try:
+            publish(kafka, [event])
+            wait_for(lambda: len(mailbox.messages) == 1, timeout=30, what="the e-mail")
+            wait_for(lambda: log_of(db).get(sid, ("",))[0] == "SENT", timeout=10, what="SENT")
+        finally:
+            running.close()
+    finally:
+        controller.stop()
+    envelope = mailbox.messages[0]
+    assert envelope.rcpt_tos == ["safety@plant.example"]
+    mail = message_from_bytes(envelope.content, policy=policy.default)
+    assert mail["From"] == "iotmon@plant.example"
+    assert mail["Subject"].startswith("[CRITICAL] Perceived temperature 34.10°C — SinPyeong")
+    assert mail["X-Iotmon-Idempotency-Key"] == f"{event.event_id}:{sid}"
+    plain, rich = mail.get_body(("plain",)), mail.get_body(("html",))
+    assert plain is not None and rich is not None
+    text, html_part = plain.get_content(), rich.get_content()
+    assert "https://plant.example/dashboard" in text
+    assert "<th align='left'>metric</th><td>pcv_temperature</td>" in html_part
+    assert "<th align='left'>factory</th><td>SinPyeong</td>" in html_part
