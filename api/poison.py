@@ -32,12 +32,15 @@ REMEMBERED = 10_000  # records already dead-lettered, by position
 
 
 class PoisonRecords:
-    def __init__(self, kafka: KafkaSettings, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, registry: CollectorRegistry, stage: Stage = Stage.API
+    ) -> None:
         self.kafka = kafka
+        self.stage = stage
         self.topic = topic_name("dead_letters", kafka.topic_prefix)
         self.count = Counter(
-            "iotmon_api_poison_records_total",
-            "Records of a topic the API could not use (skipped, dead-lettered once)",
+            f"iotmon_{stage.value}_poison_records_total",
+            f"Records of a topic the {stage.value} could not use (skipped, dead-lettered once)",
             ["reader"],
             registry=registry,
         )
@@ -78,7 +81,7 @@ class PoisonRecords:
         record = dead_letter(
             reason=DeadLetterReason.INTERNAL_ERROR,
             detail=f"{type(exc).__name__}: {exc}",
-            stage=Stage.API,
+            stage=self.stage,
             payload=value,
             key=key,
             origin_topic=topic,
@@ -89,7 +92,7 @@ class PoisonRecords:
         try:
             if self._producer is None:
                 self._producer = make_producer(
-                    self.kafka, **{"client.id": f"{self.kafka.client_id}-api"}
+                    self.kafka, **{"client.id": f"{self.kafka.client_id}-{self.stage.value}"}
                 )
             self._producer.produce(
                 self.topic,

@@ -68,6 +68,7 @@ class Stage(StrEnum):
     SINK_LATEST = "sink.latest"
     SINK_ALERTS = "sink.alerts"
     API = "api"
+    NOTIFIER = "notifier"
     REPLAY = "replay"
 
 

@@ -7,8 +7,9 @@ intake
     enabled subscriptions (:mod:`routing`) and writes one ``notifications`` row per match
     (``ON CONFLICT (event_id, subscription_id) DO NOTHING``), then commits the Kafka
     offsets: after the database, so a crash re-reads events whose rows may be missing, and
-    the unique key makes the second write a no-op.  An event that cannot be read is logged
-    with its offset, counted, and passed (it is in the topic for as long as it is kept).
+    the unique key makes the second write a no-op.  A record that is no alert event is
+    counted, logged and dead-lettered (stage ``notifier``), and passed.  While PostgreSQL is
+    away the loop keeps the batch it read, pauses, and stores it once the database is back.
 delivery
     Claims owed rows (``PENDING``/``RETRYING`` and due) with a lease (``FOR UPDATE SKIP
     LOCKED``, ``next_attempt_at`` moved ahead by ``lease_s``), sends each through its
@@ -35,15 +36,18 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
+from api.poison import PoisonRecords
 from iotmon.settings import Settings
 from schemas.alerts import AlertEvent
+from schemas.deadletters import Stage
 from schemas.topics import topic_name
+from stream_apps.common.unavailable import database_unavailable
 from stream_apps.notifier.channels import Outgoing, Permanent, Transient, channels, render
 from stream_apps.notifier.routing import Subscription, route
 
@@ -76,11 +80,6 @@ class NotifierMetrics:
             ["channel", "outcome"],
             registry=registry,
         )
-        self.unreadable = Counter(
-            "iotmon_notifier_unreadable_total",
-            "Records of the alerts topic that are no alert event (logged and passed)",
-            registry=registry,
-        )
 
 
 def backoff_s(tries: int, base: float, cap: float, rng: random.Random) -> float:
@@ -100,7 +99,9 @@ class Notifier:
     ) -> None:
         self.settings = settings
         self.n = settings.notifier
-        self.metrics = NotifierMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = NotifierMetrics(registry)
+        self.poison = PoisonRecords(settings.kafka, registry, Stage.NOTIFIER)
         self.http = http or httpx.AsyncClient(timeout=self.n.timeout_s, follow_redirects=False)
         self.channels = channels(self.http, self.n)
         self.wake = asyncio.Event()
@@ -126,12 +127,19 @@ class Notifier:
             return [Subscription.of(r) for r in await cur.fetchall()]
 
     # -- intake ---------------------------------------------------------------------------
-    def parse(self, raw: bytes | None, where: str) -> AlertEvent | None:
+    def parse(self, record: ConsumerRecord[bytes, bytes]) -> AlertEvent | None:
         try:
-            return AlertEvent.model_validate_json(raw or b"")
+            return AlertEvent.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            self.metrics.unreadable.inc()
-            log.error("alerts topic %s: not an alert event, passed: %s", where, exc)
+            self.poison.report(
+                "intake",
+                exc,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+            )
             return None
 
     async def record(self, conn: psycopg.AsyncConnection[Any], events: list[AlertEvent]) -> int:
@@ -172,23 +180,37 @@ class Notifier:
             auto_offset_reset="earliest",
         )
         await consumer.start()
-        conn = await self._connect()
+        conn: psycopg.AsyncConnection[Any] | None = None
+        events: list[AlertEvent] | None = None  # read, not yet stored (offsets uncommitted)
         try:
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=500)
-                events = [
-                    e
-                    for tp, records in batches.items()
-                    for r in records
-                    if (e := self.parse(r.value, f"{tp.topic}[{tp.partition}]@{r.offset}"))
-                ]
-                if events and await self.record(conn, events):
-                    self.wake.set()
-                if batches:
-                    await consumer.commit()  # after the rows are in the database
+                if events is None:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                    if not batches:
+                        continue
+                    events = [
+                        e for records in batches.values() for r in records if (e := self.parse(r))
+                    ]
+                try:
+                    conn = conn or await self._connect()
+                    if events and await self.record(conn, events):
+                        self.wake.set()
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        raise
+                    # Keep these events, read nothing more, and store them once the
+                    # database is back (their rows are written once whatever happened).
+                    log.warning("notifier: the database unavailable (%s); retrying", exc)
+                    await _closed(conn)
+                    conn = None
+                    await _pause(stop, self.n.poll_s * 5)
+                    continue
+                await consumer.commit()  # after the rows are in the database
+                events = None
         finally:
             await consumer.stop()
-            await conn.close()
+            await _closed(conn)
+            self.poison.close()
 
     # -- delivery -------------------------------------------------------------------------
     async def deliver_due(self, conn: psycopg.AsyncConnection[Any]) -> int:
@@ -263,17 +285,27 @@ class Notifier:
             )
 
     async def delivery(self, stop: asyncio.Event) -> None:
-        conn = await self._connect()
+        conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while not stop.is_set():
-                claimed = await self.deliver_due(conn)
+                try:
+                    conn = conn or await self._connect()
+                    claimed = await self.deliver_due(conn)
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        raise
+                    log.warning("notifier: the database unavailable (%s); retrying", exc)
+                    await _closed(conn)
+                    conn = None
+                    await _pause(stop, self.n.poll_s * 5)
+                    continue
                 if claimed:
                     continue
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.n.poll_s)
         finally:
-            await conn.close()
+            await _closed(conn)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info(
@@ -288,3 +320,15 @@ class Notifier:
             if self.in_flight:
                 await asyncio.wait(self.in_flight, timeout=self.n.timeout_s + 1)
             await self.http.aclose()
+
+
+async def _closed(conn: psycopg.AsyncConnection[Any] | None) -> None:
+    """Close ``conn`` if there is one, whatever state it is in."""
+    if conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

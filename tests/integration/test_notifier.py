@@ -351,3 +351,67 @@ def test_an_email_reaches_the_smtp_server_with_text_and_html(
     assert "https://plant.example/dashboard" in text
     assert "<th align='left'>metric</th><td>pcv_temperature</td>" in html_part
     assert "<th align='left'>factory</th><td>SinPyeong</td>" in html_part
+
+
+def test_a_record_that_is_no_alert_event_is_dead_lettered_and_the_next_one_sent(
+    stack: Settings,
+    kafka: KafkaSettings,
+    db: DatabaseSettings,
+    group_id: str,
+    receivers: Receivers,
+) -> None:
+    from schemas.deadletters import DeadLetterHeaders  # noqa: PLC0415
+    from tests.helpers import headers_of, read_topic  # noqa: PLC0415
+
+    subscribe(db, notify_id=f"{receivers.url}/ok")
+    producer = make_producer(kafka)
+    producer.produce(topic_name("alerts", kafka.topic_prefix), b'{"not": "an event"}', key=b"X")
+    assert producer.flush(20) == 0
+    event = alert()
+    publish(kafka, [event])
+    running = Running(settings_for(stack, kafka, db, group_id))
+    try:
+        wait_for(lambda: len(receivers.to("/ok")) == 1, timeout=30, what="the good event")
+        dead = read_topic(
+            kafka, topic_name("dead_letters", kafka.topic_prefix), until=lambda m: len(m) >= 1
+        )
+    finally:
+        running.close()
+    assert [headers_of(m)[DeadLetterHeaders.STAGE] for m in dead] == [b"notifier"]
+    assert dead[0].value() == b'{"not": "an event"}'
+    assert orjson.loads(receivers.to("/ok")[0].body)["event"]["event_id"] == str(event.event_id)
+
+
+def test_a_database_outage_pauses_the_notifier_and_loses_no_event(
+    stack: Settings,
+    kafka: KafkaSettings,
+    db: DatabaseSettings,
+    group_id: str,
+    receivers: Receivers,
+) -> None:
+    """Events read while PostgreSQL is away are kept (their offsets uncommitted) and stored
+    once it is back; each is sent once."""
+    from tests.tcp_proxy import TcpProxy  # noqa: PLC0415
+
+    sid = subscribe(db, notify_id=f"{receivers.url}/ok")
+    base = psycopg.conninfo.conninfo_to_dict(db.url)
+    proxy = TcpProxy(str(base.get("host", "127.0.0.1")), int(str(base.get("port", 5432))))
+    via_proxy = psycopg.conninfo.make_conninfo(db.url, host="127.0.0.1", port=proxy.port)
+    settings = settings_for(stack, kafka, db.model_copy(update={"url": via_proxy}), group_id)
+    running = Running(settings)
+    try:
+        before = alert(sensor="TEMPIOT-C001")
+        publish(kafka, [before])
+        wait_for(lambda: len(receivers.to("/ok")) == 1, timeout=30, what="the first event")
+        proxy.cut()
+        during = [alert(sensor=f"TEMPIOT-C{n:03d}") for n in range(2, 7)]
+        publish(kafka, during)
+        time.sleep(2)  # the notifier reads them while the database is away
+        assert len(receivers.to("/ok")) == 1
+        proxy.restore()
+        wait_for(lambda: len(receivers.to("/ok")) == 6, timeout=60, what="the events stored")
+    finally:
+        running.close()
+        proxy.close()
+    keys = sorted(r.headers[IDEMPOTENCY_HEADER] for r in receivers.to("/ok"))
+    assert keys == sorted(f"{e.event_id}:{sid}" for e in [before, *during])
