@@ -25,6 +25,7 @@ from api.routers import (
     health,
     location,
     realtime,
+    silences,
     stream,
     subscriptions,
     thresholds,
@@ -119,6 +120,7 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
         (realtime.router, {}),
         (alerts.router, {**found, **errors.responses(409)}),
         (subscriptions.router, found),
+        (silences.router, {**found, **errors.responses(409)}),
         (stream.router, errors.responses(429)),
     ):
         app.include_router(router, prefix="/api/v1", responses={**errors.COMMON, **extra})

@@ -69,8 +69,11 @@ def install(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
             for e in exc.errors()
         ]
-        names = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
-        return JSONResponse(error_body(422, f"invalid request: {names}", details), 422)
+        # Each problem with where it is and what is wrong ("body.floor: Input should be a
+        # valid integer"; a check of the whole body says only "body: Value error, ...").
+        said = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details[:5])
+        more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
+        return JSONResponse(error_body(422, f"invalid request: {said}{more}", details), 422)
 
     @app.exception_handler(psycopg.DataError)
     async def bad_value(_: Request, exc: psycopg.DataError) -> JSONResponse:

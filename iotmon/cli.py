@@ -332,7 +332,8 @@ def ingest_cmd() -> None:
 
 @app.command("notifier")
 def notifier_cmd() -> None:
-    """Deliver alert notifications to the subscriptions (webhook, Slack), each once."""
+    """Deliver alert notifications (webhook, Slack, e-mail, MQTT states), each once;
+    escalation, silences, rate limits and digests."""
     import asyncio  # noqa: PLC0415
     import threading  # noqa: PLC0415
 

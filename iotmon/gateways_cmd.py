@@ -16,7 +16,7 @@ from rich.table import Table
 
 from iotmon.cli_settings import settings_or_exit
 from iotmon.mqtt_auth import BRIDGE_ACCOUNT, AuthDir, AuthError, ensure_tls, gateway_topics
-from iotmon.settings import MqttSettings, Settings
+from iotmon.settings import ALERTS_ROOT, NOTIFIER_ACCOUNT, MqttSettings, Settings
 
 gateways_app = typer.Typer(
     help="MQTT accounts: each gateway publishes only under its own topics.",
@@ -150,8 +150,8 @@ def add(
         topics = list(topic) if topic else gateway_topics(settings.mqtt, name)
         if topic and not force:
             _refuse_foreign_topics(settings, name, topics)
-        if name == BRIDGE_ACCOUNT:
-            raise AuthError(f"{BRIDGE_ACCOUNT!r} is the bridge's account")
+        if name in (BRIDGE_ACCOUNT, NOTIFIER_ACCOUNT):
+            raise AuthError(f"{name!r} is a service's account")
         password = auth.add(name, "gateway", write=topics, replace=replace)
     except AuthError as exc:
         err.print(f"[red]{exc}[/red]")
@@ -160,6 +160,39 @@ def add(
         auth.save_credential(name, password)
     err.print(f"Gateway {name!r} may publish to: {', '.join(topics)}")
     err.print("Its password (shown once; give it to the gateway):")
+    out.print(password, highlight=False, soft_wrap=True)
+    _reload(settings, local, auth.path)
+
+
+@gateways_app.command("add-reader")
+def add_reader(
+    name: Annotated[str, typer.Argument(help="Account name (letters, digits, '_', '.', '-').")],
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"A topic filter it may read (repeatable); default: {ALERTS_ROOT}/#, the "
+            "alert states the notifier publishes."
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Give an existing account a new password.")
+    ] = False,
+    directory: DirOption = None,
+) -> None:
+    """Create a read-only account (an andon board, a stack light, a PLC): it may subscribe
+    to the alert states and publish nothing.  Prints its password once."""
+    settings = settings_or_exit()
+    auth, local = _auth(settings, directory)
+    topics = list(topic) if topic else [f"{ALERTS_ROOT}/#"]
+    try:
+        if name in (BRIDGE_ACCOUNT, NOTIFIER_ACCOUNT):
+            raise AuthError(f"{name!r} is a service's account")
+        password = auth.add(name, "reader", read=topics, replace=replace)
+    except AuthError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    err.print(f"Reader {name!r} may subscribe to: {', '.join(topics)}")
+    err.print("Its password (shown once):")
     out.print(password, highlight=False, soft_wrap=True)
     _reload(settings, local, auth.path)
 
@@ -211,7 +244,9 @@ def init(
     settings_or_exit()
     auth = AuthDir(directory)
     auth.add_service(BRIDGE_ACCOUNT, write=[], read=["#"])
+    auth.add_service(NOTIFIER_ACCOUNT, write=[f"{ALERTS_ROOT}/#"], read=[])
     auth.ensure_files()
     ca = ensure_tls(directory / "tls", host)
     err.print(f"Bridge password: {auth.credential_file(BRIDGE_ACCOUNT)}")
+    err.print(f"Notifier password (alert states on MQTT): {auth.credential_file(NOTIFIER_ACCOUNT)}")
     err.print(f"Gateways trust this CA: {ca}")

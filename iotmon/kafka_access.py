@@ -18,6 +18,7 @@ worker     readings, sensors, thresholds                       clock ticks into 
 sink       readings, hourly aggregates, latest, alerts         dead letters
 api        latest, alerts, sensors, thresholds                 sensors, thresholds, dead
                                                                letters
+notifier   alerts (its group ``notifier.group_id``)            dead letters
 ========== =================================================== ==============================
 
 Only the worker writes alerts; only the API and operators (``admin``) write thresholds.
@@ -51,8 +52,16 @@ from schemas.topics import TopicId, topic_name
 
 log = logging.getLogger(__name__)
 
-Principal = Literal["gateway", "bridge", "ingest", "worker", "sink", "api"]
-PRINCIPALS: tuple[Principal, ...] = ("gateway", "bridge", "ingest", "worker", "sink", "api")
+Principal = Literal["gateway", "bridge", "ingest", "worker", "sink", "api", "notifier"]
+PRINCIPALS: tuple[Principal, ...] = (
+    "gateway",
+    "bridge",
+    "ingest",
+    "worker",
+    "sink",
+    "api",
+    "notifier",
+)
 
 _READ = (AclOperation.READ, AclOperation.DESCRIBE)
 _WRITE = (AclOperation.WRITE, AclOperation.DESCRIBE)
@@ -131,6 +140,12 @@ def access_plan(settings: Settings) -> dict[Principal, list[Grant]]:
             *_topics(p, ("latest", "alerts", "sensors", "thresholds"), _READ),
             *_topics(p, ("sensors", "thresholds", "dead_letters"), _WRITE),
             view_group,
+        ],
+        # Alert events in (committed offsets: its own group), unreadable records out.
+        "notifier": [
+            *_topics(p, ("alerts",), _READ),
+            *_topics(p, ("dead_letters",), _WRITE),
+            _group(settings.notifier.group_id),
         ],
     }
 

@@ -3,8 +3,8 @@
 One directory (``mqtt.auth_dir``) holds everything Mosquitto reads, rendered from one file:
 
 ``accounts.json``
-    The source: each account's kind (``gateway`` or ``service``), the topics it may write
-    and read, its password hash and when it was created.
+    The source: each account's kind (``gateway``, ``service`` or ``reader``), the topics
+    it may write and read, its password hash and when it was created.
 ``passwd``, ``acl``
     Mosquitto's password file (PBKDF2-SHA512, Mosquitto's ``$7$`` format) and ACL file,
     rewritten from ``accounts.json`` on every change.  Mosquitto reads both again on SIGHUP.
@@ -117,7 +117,7 @@ def gateway_topics(settings: MqttSettings, name: str) -> list[str]:
 @dataclass
 class Account:
     name: str
-    kind: Literal["gateway", "service"]
+    kind: Literal["gateway", "service", "reader"]
     password_hash: str
     write: list[str] = field(default_factory=list)
     read: list[str] = field(default_factory=list)
@@ -143,7 +143,7 @@ class AuthDir:
             raise AuthError(f"{self.source} is not a valid accounts file: {exc}") from None
         for name, account in accounts.items():
             check_name(name)
-            if account.name != name or account.kind not in ("gateway", "service"):
+            if account.name != name or account.kind not in ("gateway", "service", "reader"):
                 raise AuthError(f"{self.source}: account {name!r} is inconsistent")
             for topic in [*account.write, *account.read]:
                 _check_topic(topic)
@@ -172,7 +172,7 @@ class AuthDir:
     def add(
         self,
         name: str,
-        kind: Literal["gateway", "service"],
+        kind: Literal["gateway", "service", "reader"],
         *,
         write: list[str] | None = None,
         read: list[str] | None = None,
@@ -201,7 +201,7 @@ class AuthDir:
     def ensure(
         self,
         name: str,
-        kind: Literal["gateway", "service"],
+        kind: Literal["gateway", "service", "reader"],
         *,
         write: list[str],
         read: list[str] | None = None,

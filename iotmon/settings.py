@@ -121,6 +121,8 @@ class DatabaseSettings(BaseModel):
 
 
 BRIDGE_ACCOUNT = "iotmon-bridge"  # the MQTT account the bridge logs in with
+NOTIFIER_ACCOUNT = "iotmon-notifier"  # the MQTT account that publishes alert states
+ALERTS_ROOT = "alerts"  # the first level of every topic it publishes (its ACL: alerts/#)
 
 
 class MqttSettings(BaseModel):
@@ -245,6 +247,18 @@ class NotifierSettings(BaseModel):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "iotmon@localhost"
+    # Rate limit: messages a minute to one subscription's target when the subscription sets
+    # none (its max_per_minute); beyond it, owed events go out together as one digest.
+    # 0: no limit.
+    max_per_minute: int = Field(20, ge=0)
+    escalation_check_s: float = Field(5.0, gt=0)  # look for unacknowledged critical alerts
+    # MQTT (notify_type "mqtt"): the retained state of each location, published on the
+    # broker of IOTMON_MQTT__* as this account, under topics beginning with mqtt_topic_root.
+    # On the local stack the account is created with the stack (password in its credentials).
+    mqtt_username: str = NOTIFIER_ACCOUNT
+    mqtt_password: SecretStr | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_topic_root: str = Field(ALERTS_ROOT, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> NotifierSettings:
@@ -394,7 +408,22 @@ class Settings(BaseSettings):
                 self.mqtt.password_file = self.mqtt.auth_dir / "credentials" / BRIDGE_ACCOUNT
         if self.mqtt.tls and self.mqtt.ca_file is None:
             self.mqtt.ca_file = self.mqtt.auth_dir / "tls" / "ca.crt"
+        n = self.notifier
+        if n.mqtt_password is None and n.mqtt_password_file is None:
+            n.mqtt_password_file = self.mqtt.auth_dir / "credentials" / n.mqtt_username
         return self
+
+
+def notifier_mqtt(settings: Settings) -> MqttSettings:
+    """The broker of ``settings.mqtt``, logged in as the notifier's account."""
+    n = settings.notifier
+    return settings.mqtt.model_copy(
+        update={
+            "username": n.mqtt_username,
+            "password": n.mqtt_password,
+            "password_file": n.mqtt_password_file,
+        }
+    )
 
 
 class SettingsProblem(ValueError):

@@ -82,6 +82,11 @@ class BridgeMetrics:
             ["reason"],
             registry=registry,
         )
+        self.retained_skipped = Counter(
+            "iotmon_bridge_retained_skipped_total",
+            "Retained copies of readings the broker sent at subscription time, not forwarded",
+            registry=registry,
+        )
         self.pending = Gauge(
             "iotmon_bridge_pending",
             "Messages handed to Kafka, not yet confirmed",
@@ -190,6 +195,15 @@ class Bridge:
         for good on one message."""
         self._messages += 1
         self.metrics.received.inc()
+        if msg.retain:
+            # The broker sets the flag only on what it sends because a subscription was
+            # made (the retained copy of an old message); everything published while we are
+            # subscribed, or queued in our session, comes without it.  So this reading was
+            # forwarded when it was published, or was published before anyone listened:
+            # taking it again would replay it (even one of a gateway revoked since).
+            self.metrics.retained_skipped.inc()
+            self.client.ack(msg.mid, msg.qos)
+            return
         payload = bytes(msg.payload)
         try:
             self._forward(msg, payload)

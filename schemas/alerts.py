@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -71,3 +72,34 @@ def with_location(event: AlertEvent, location: Location | None) -> AlertEvent:
             "location_name": location.location_name,
         }
     )
+
+
+# -- MQTT alert states: the topic a subscription publishes each location's state to ----------
+# A template such as ``alerts/{factory}/{loc_id}``, filled in from the alert event.
+
+TOPIC_FIELDS = ("plant", "factory", "building", "floor", "area", "loc_id", "sensor_id", "metric")
+FIELD_PATTERN = re.compile(r"\{([^{}]*)\}")
+
+
+class TopicTemplateError(ValueError):
+    """A subscription's MQTT topic that cannot be filled in safely."""
+
+
+def check_topic_template(template: str, root: str | None = None) -> str:
+    """``template`` if it is an MQTT topic (under ``root/`` when given) whose ``{...}``
+    fields are all known (``TOPIC_FIELDS``), with no wildcard and no empty level; else
+    TopicTemplateError."""
+    if root is not None and not template.startswith(f"{root}/"):
+        raise TopicTemplateError(f"the topic must begin with {root}/ (the notifier's own tree)")
+    for name in FIELD_PATTERN.findall(template):
+        if name not in TOPIC_FIELDS:
+            raise TopicTemplateError(
+                f"unknown field {{{name}}} in the topic; known: "
+                + ", ".join(f"{{{f}}}" for f in TOPIC_FIELDS)
+            )
+    bare = FIELD_PATTERN.sub("x", template)
+    if any(c in bare for c in "+#{}\x00") or "" in bare.split("/"):
+        raise TopicTemplateError("the topic may not hold '+', '#', stray braces or an empty level")
+    if len(template.encode()) > 512:
+        raise TopicTemplateError("the topic is longer than 512 bytes")
+    return template

@@ -19,8 +19,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from api.deps import CanOperate, CanReadPrivate, Conn
+from api.deps import AppSettings, CanOperate, CanReadPrivate, Conn
 from api.filters import equal
+from iotmon.settings import Settings
+from schemas.alerts import TopicTemplateError, check_topic_template
 from schemas.common import Metric
 from schemas.master import SENSOR_ID_PATTERN
 
@@ -30,7 +32,10 @@ NotifyType = Literal["email", "kakao", "sms", "app", "webhook", "slack", "mqtt"]
 Transition = Literal["raised", "escalated", "deescalated", "resolved"]
 DEFAULT_TRANSITIONS: list[Transition] = ["raised", "escalated", "resolved"]
 MinLevel = Literal["warning", "critical"]
-NotificationStatus = Literal["PENDING", "SENT", "FAILED", "RETRYING"]
+EscalationType = Literal["email", "webhook", "slack", "mqtt"]
+NotificationStatus = Literal["PENDING", "SENT", "FAILED", "RETRYING", "SUPPRESSED"]
+EscalateAfter = Annotated[int | None, Field(None, ge=60, le=7 * 24 * 3600)]
+PerMinute = Annotated[int | None, Field(None, ge=0, le=10_000)]
 Name = Annotated[str | None, Field(None, min_length=1, max_length=100)]
 
 _FIELDS = (
@@ -48,6 +53,10 @@ _FIELDS = (
     "enabled",
     "transitions",
     "include_silent",
+    "escalate_after_s",
+    "escalate_type",
+    "escalate_to",
+    "max_per_minute",
 )
 _COLUMNS = sql.SQL(", ").join(
     [
@@ -79,18 +88,54 @@ class SubscriptionIn(BaseModel):
     include_silent: bool = False
     # Key of a webhook's HMAC-SHA256 signature header; write-only (never shown again).
     secret: str | None = Field(None, min_length=16, max_length=200, exclude=True)
+    # A critical alert still unacknowledged this long after it was notified goes to
+    # escalate_to (through escalate_type) too.  All three, or none.
+    escalate_after_s: EscalateAfter = None
+    escalate_type: EscalationType | None = None
+    escalate_to: str | None = Field(None, min_length=1, max_length=500)
+    # Messages a minute to notify_id, beyond which events go out as one digest; None: the
+    # notifier's default; 0: no limit.
+    max_per_minute: PerMinute = None
 
     @model_validator(mode="after")
     def _target_fits_channel(self) -> SubscriptionIn:
-        if self.notify_type == "webhook" and not self.notify_id.startswith(("http://", "https://")):
-            raise ValueError("a webhook's notify_id must be an http:// or https:// URL")
-        if self.notify_type == "slack" and not self.notify_id.startswith("https://"):
-            raise ValueError("a slack notify_id must be an incoming-webhook https:// URL")
+        _check_target(self.notify_type, self.notify_id, "notify_id")
         if len(set(self.transitions)) != len(self.transitions):
             raise ValueError("transitions must not repeat")
-        if self.notify_type == "email" and "@" not in self.notify_id:
-            raise ValueError("an email's notify_id must be an address")
+        escalation = (self.escalate_after_s, self.escalate_type, self.escalate_to)
+        if any(v is not None for v in escalation) and any(v is None for v in escalation):
+            raise ValueError(
+                "escalation needs escalate_after_s, escalate_type and escalate_to together"
+            )
+        if self.escalate_type is not None and self.escalate_to is not None:
+            _check_target(self.escalate_type, self.escalate_to, "escalate_to")
         return self
+
+
+def _check_target(kind: str, target: str, name: str) -> None:
+    """Whether ``target`` can be an address of the ``kind`` channel (ValueError if not)."""
+    if kind == "webhook" and not target.startswith(("http://", "https://")):
+        raise ValueError(f"a webhook's {name} must be an http:// or https:// URL")
+    if kind == "slack" and not target.startswith("https://"):
+        raise ValueError(f"a slack {name} must be an incoming-webhook https:// URL")
+    if kind == "email" and "@" not in target:
+        raise ValueError(f"an email's {name} must be an address")
+    if kind == "mqtt":
+        try:
+            check_topic_template(target)
+        except TopicTemplateError as exc:
+            raise ValueError(f"an mqtt {name}: {exc}") from None
+
+
+def _check_root(body: SubscriptionIn, settings: Settings) -> None:
+    """MQTT topics must lie in the notifier's own tree (the only one it may publish to)."""
+    root = settings.notifier.mqtt_topic_root
+    targets = ((body.notify_type, body.notify_id), (body.escalate_type, body.escalate_to))
+    for kind, target in targets:
+        if kind == "mqtt" and target is not None and not target.startswith(f"{root}/"):
+            raise HTTPException(
+                422, f"an mqtt topic must begin with {root}/ (where the notifier publishes)"
+            )
 
 
 class SubscriptionPatch(BaseModel):
@@ -113,6 +158,10 @@ class SubscriptionPatch(BaseModel):
     transitions: list[Transition] | None = Field(None, min_length=1, max_length=4)
     include_silent: bool | None = None
     secret: str | None = Field(None, min_length=16, max_length=200)
+    escalate_after_s: EscalateAfter = None
+    escalate_type: EscalationType | None = None
+    escalate_to: str | None = Field(None, min_length=1, max_length=500)
+    max_per_minute: PerMinute = None
 
 
 class Subscription(SubscriptionIn):
@@ -137,6 +186,8 @@ class Notification(BaseModel):
     sent_time: datetime | None
     fail_reason: str | None
     idempotency_key: str | None = None
+    purpose: str = "alert"  # or "escalation"
+    silence_id: int | None = None  # the silence that suppressed it
 
 
 SubscriptionId = Annotated[int, Path(ge=1, le=2**62)]
@@ -203,7 +254,10 @@ async def get_subscription(conn: Conn, subscription_id: SubscriptionId) -> Subsc
 
 
 @router.post("/subscriptions/", status_code=201, dependencies=[CanOperate])
-async def create_subscription(conn: Conn, body: SubscriptionIn) -> Subscription:
+async def create_subscription(
+    conn: Conn, settings: AppSettings, body: SubscriptionIn
+) -> Subscription:
+    _check_root(body, settings)
     return await _write(
         conn,
         sql.SQL("INSERT INTO alert_subscriptions ({}) VALUES ({}) RETURNING {}").format(
@@ -227,7 +281,7 @@ _UPDATE = sql.SQL(
 
 @router.put("/subscriptions/{subscription_id}", dependencies=[CanOperate])
 async def update_subscription(
-    conn: Conn, subscription_id: SubscriptionId, body: SubscriptionPatch
+    conn: Conn, settings: AppSettings, subscription_id: SubscriptionId, body: SubscriptionPatch
 ) -> Subscription:
     current = await _get(conn, subscription_id)
     merged_fields = {
@@ -238,6 +292,7 @@ async def update_subscription(
         merged = SubscriptionIn.model_validate(merged_fields)
     except ValidationError as exc:
         raise HTTPException(422, "; ".join(e["msg"] for e in exc.errors())) from None
+    _check_root(merged, settings)
     return await _write(
         conn,
         _UPDATE,
@@ -295,7 +350,7 @@ async def notifications(
             sql.SQL(
                 "SELECT notification_id, alert_id, event_id, subscription_id, notify_type,"
                 " notify_id, status, try_count, created_at, sent_time, fail_reason,"
-                " idempotency_key"
+                " idempotency_key, purpose, silence_id"
                 " FROM notifications WHERE {} ORDER BY created_at DESC, notification_id DESC"
                 " OFFSET %s LIMIT %s"
             ).format(sql.SQL(" AND ").join(conditions)),
@@ -343,7 +398,8 @@ async def get_notification(
         await cur.execute(
             "SELECT notification_id, alert_id, event_id, subscription_id, notify_type,"
             " notify_id, status, try_count, created_at, sent_time, fail_reason,"
-            " idempotency_key FROM notifications WHERE notification_id = %s",
+            " idempotency_key, purpose, silence_id FROM notifications"
+            " WHERE notification_id = %s",
             (notification_id,),
         )
         row = await cur.fetchone()

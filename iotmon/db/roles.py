@@ -56,12 +56,14 @@ WRITES: dict[str, dict[str, tuple[str, ...]]] = {
         "latest_readings": ("DELETE",),  # an unregistered sensor leaves the realtime view
         # The notifier logs in as the API's role (it reads the subscriptions too).
         "notifications": ("INSERT", "UPDATE"),
+        # Silences are ended early by moving ends_at, never deleted (the record stays).
+        "silences": ("INSERT", "UPDATE"),
         "floor_hourly": ("INSERT", "UPDATE", "DELETE"),
     },
 }
 KINDS = ("migrator", "sink", "api")
 # Personal data (names, e-mail addresses, phone numbers, webhook URLs): the API's alone.
-PRIVATE: dict[str, tuple[str, ...]] = {"sink": ("alert_subscriptions", "notifications")}
+PRIVATE: dict[str, tuple[str, ...]] = {"sink": ("alert_subscriptions", "notifications", "silences")}
 
 
 def role_names(prefix: str) -> dict[str, str]:

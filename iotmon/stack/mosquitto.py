@@ -15,7 +15,7 @@ from pathlib import Path
 from string import Template
 
 from iotmon.mqtt_auth import AuthDir, ensure_tls, reload_mosquitto
-from iotmon.settings import BRIDGE_ACCOUNT, StackSettings
+from iotmon.settings import ALERTS_ROOT, BRIDGE_ACCOUNT, NOTIFIER_ACCOUNT, StackSettings
 from iotmon.stack.process import StackError, port_open, read_pid, spawn, stop_pid, wait_until
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,11 @@ class MosquittoService:
         )
 
     def prepare_auth(self) -> None:
-        """The bridge's account, the password and ACL files, the CA and certificate."""
+        """The bridge's and the notifier's accounts, the password and ACL files, the CA and
+        certificate."""
         auth = AuthDir(self.auth_dir)
         auth.add_service(BRIDGE_ACCOUNT, write=[], read=["#"])
+        auth.add_service(NOTIFIER_ACCOUNT, write=[f"{ALERTS_ROOT}/#"], read=[])
         auth.ensure_files()
         ensure_tls(self.auth_dir / "tls", ["localhost", "127.0.0.1"])
 

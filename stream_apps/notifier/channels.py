@@ -12,9 +12,12 @@ import asyncio
 import hashlib
 import hmac
 import html
+import re
 import smtplib
 import ssl
+import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any, Protocol
@@ -22,9 +25,11 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
+import paho.mqtt.client as mqtt
 
-from iotmon.settings import NotifierSettings
-from schemas.alerts import AlertEvent, AlertKind
+from iotmon.settings import MqttSettings, NotifierSettings
+from producers.mqtt_connect import apply_login
+from schemas.alerts import FIELD_PATTERN, AlertEvent, AlertKind
 
 SIGNATURE_HEADER = "X-Iotmon-Signature"
 IDEMPOTENCY_HEADER = "X-Iotmon-Idempotency-Key"
@@ -40,8 +45,10 @@ class Permanent(Exception):
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One notification to send: the event, its rendered text, and the key a receiver uses
-    to drop a repeat."""
+    """One message to send: the event (for a digest, the latest of ``events``), its
+    rendered text, and the key a receiver uses to drop a repeat.  ``kind`` is ``alert``,
+    ``escalation`` or ``digest``.  ``states`` are the MQTT channel's publications: (topic,
+    the location's current state) pairs, prepared by the notifier."""
 
     idempotency_key: str
     subscription_id: int
@@ -49,6 +56,9 @@ class Outgoing:
     secret: str | None
     event: AlertEvent
     text: str
+    kind: str = "alert"
+    events: tuple[AlertEvent, ...] = ()
+    states: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 class Channel(Protocol):
@@ -88,14 +98,16 @@ class WebhookChannel:
 
     @staticmethod
     def body(message: Outgoing) -> bytes:
-        return orjson.dumps(
-            {
-                "idempotency_key": message.idempotency_key,
-                "subscription_id": message.subscription_id,
-                "text": message.text,
-                "event": message.event.model_dump(mode="json"),
-            }
-        )
+        body: dict[str, Any] = {
+            "idempotency_key": message.idempotency_key,
+            "subscription_id": message.subscription_id,
+            "kind": message.kind,
+            "text": message.text,
+            "event": message.event.model_dump(mode="json"),
+        }
+        if message.kind == "digest":
+            body["events"] = [e.model_dump(mode="json") for e in message.events]
+        return orjson.dumps(body)
 
     async def send(self, message: Outgoing) -> None:
         body = self.body(message)
@@ -187,6 +199,49 @@ def render(
     return f"{text}\n{link}" if link else text
 
 
+def render_escalation(
+    event: AlertEvent,
+    after_s: int,
+    language: str = "ko",
+    link: str | None = None,
+    tz: str = "Asia/Seoul",
+) -> str:
+    """The text of an escalation: the alert, not acknowledged for ``after_s``."""
+    en = language == "en"
+    if after_s % 60 == 0:
+        span = f"{after_s // 60} min" if en else f"{after_s // 60}분"
+    else:
+        span = f"{after_s} s" if en else f"{after_s}초"
+    head = (
+        f"[ESCALATION] critical alert not acknowledged for {span}"
+        if en
+        else f"[에스컬레이션] 위험 경보가 {span} 동안 확인되지 않았습니다"
+    )
+    return f"{head}\n{render(event, language, link, tz)}"
+
+
+DIGEST_LINES = 50  # a digest lists at most this many events, then counts the rest
+
+
+def render_digest(
+    events: list[AlertEvent], language: str = "ko", link: str | None = None, tz: str = "Asia/Seoul"
+) -> str:
+    """One message for many events (a subscription over its rate limit): a count, then one
+    line per event, oldest first."""
+    en = language == "en"
+    head = (
+        f"[DIGEST] {len(events)} alert notifications (rate limit reached)"
+        if en
+        else f"[요약] 경보 알림 {len(events)}건 (발송 한도 도달)"
+    )
+    lines = [f"• {render(e, language, None, tz).splitlines()[0]}" for e in events[:DIGEST_LINES]]
+    rest = len(events) - DIGEST_LINES
+    if rest > 0:
+        lines.append(f"… and {rest} more" if en else f"… 외 {rest}건")
+    text = "\n".join([head, *lines])
+    return f"{text}\n{link}" if link else text
+
+
 def _band(event: AlertEvent, lang: str) -> str:
     if event.threshold_min is None and event.threshold_max is None:
         return ""
@@ -204,10 +259,16 @@ def _band(event: AlertEvent, lang: str) -> str:
     return f", band {event.threshold_level} ({rng})"
 
 
-def channels(client: httpx.AsyncClient, settings: NotifierSettings | None = None) -> dict[str, Any]:
+def channels(
+    client: httpx.AsyncClient,
+    settings: NotifierSettings | None = None,
+    mqtt_settings: MqttSettings | None = None,
+) -> dict[str, Any]:
     """The channels this notifier has, by ``notify_type`` (e-mail when an SMTP host is
-    set)."""
+    set, MQTT when a broker is given)."""
     out: dict[str, Any] = {"webhook": WebhookChannel(client), "slack": SlackChannel(client)}
+    if mqtt_settings is not None:
+        out["mqtt"] = MqttChannel(mqtt_settings, settings.timeout_s if settings else 10.0)
     if settings is not None and settings.smtp_host:
         out["email"] = EmailChannel(
             settings.smtp_host,
@@ -290,3 +351,135 @@ class EmailChannel:
 
     async def send(self, message: Outgoing) -> None:
         await asyncio.to_thread(self._send, self.message(message))
+
+
+# -- MQTT: the retained state of each location ------------------------------------------------
+
+
+def fill_topic(template: str, event: AlertEvent) -> str:
+    """The topic of ``event``'s location: each ``{field}`` replaced by the event's value,
+    ``_`` where it has none; characters that would change the topic's levels (``/``, ``+``,
+    ``#``) in a value become ``_``."""
+
+    def value(match: re.Match[str]) -> str:
+        raw = getattr(event, match.group(1), None)
+        text = "_" if raw is None or raw == "" else str(raw)
+        return re.sub(r"[/+#\x00]", "_", text)
+
+    return FIELD_PATTERN.sub(value, template)
+
+
+def location_state(
+    event: AlertEvent, active: list[dict[str, Any]], now: datetime | None = None
+) -> dict[str, Any]:
+    """The state of ``event``'s location for andon boards: its active alerts (from the
+    database, ``active``, with ``event``'s own alert as the event says it is now) and the
+    worst level among them (``normal`` with none)."""
+    alerts = [a for a in active if str(a["alert_id"]) != str(event.alert_id)]
+    if event.transition.value != "resolved":
+        alerts.append(
+            {
+                "alert_id": str(event.alert_id),
+                "kind": event.kind.value,
+                "metric": event.metric,
+                "level": event.level.value,
+                "measured_value": event.measured_value,
+                "since": event.decided_at,
+                "acknowledged": False,
+            }
+        )
+    rank = {"warning": 1, "critical": 2}
+    worst = max((rank.get(str(a["level"]), 0) for a in alerts), default=0)
+    return {
+        "loc_id": event.loc_id,
+        "plant": event.plant,
+        "factory": event.factory,
+        "building": event.building,
+        "floor": event.floor,
+        "area": event.area,
+        "location_name": event.location_name,
+        "state": {0: "normal", 1: "warning", 2: "critical"}[worst],
+        "active": sorted(alerts, key=lambda a: (-rank.get(str(a["level"]), 0), str(a["metric"]))),
+        "last_event": {
+            "event_id": str(event.event_id),
+            "alert_id": str(event.alert_id),
+            "transition": event.transition.value,
+            "sensor_id": event.sensor_id,
+            "metric": event.metric,
+            "level": event.level.value,
+            "decided_at": event.decided_at,
+        },
+        "updated_at": now or datetime.now(UTC),
+    }
+
+
+class MqttChannel:
+    """Publishes each location's state, retained at QoS 1, so a board that (re)connects
+    sees the current state at once.  One connection (paho's network thread), opened on the
+    first message; a publish the broker has not acknowledged in time is transient."""
+
+    def __init__(self, settings: MqttSettings, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.client: mqtt.Client | None = None
+        self.connected = threading.Event()
+        self.refused: str | None = None
+        self._lock = threading.Lock()
+
+    def _client(self) -> mqtt.Client:
+        with self._lock:
+            if self.client is not None:
+                return self.client
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=self.settings.username or "",
+                clean_session=True,
+            )
+            apply_login(client, self.settings)
+
+            def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+                if reason.is_failure:
+                    self.refused = str(reason)
+                    self.connected.clear()
+                else:
+                    self.refused = None
+                    self.connected.set()
+
+            def on_disconnect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+                self.connected.clear()
+
+            client.on_connect = on_connect
+            client.on_disconnect = on_disconnect
+            client.reconnect_delay_set(1, 30)
+            client.connect_async(self.settings.host, self.settings.port, keepalive=30)
+            client.loop_start()
+            self.client = client
+            return client
+
+    def _publish(self, publications: tuple[tuple[str, dict[str, Any]], ...]) -> None:
+        client = self._client()
+        if not self.connected.wait(self.timeout_s):
+            hint = f" ({self.refused})" if self.refused else ""
+            raise Transient(
+                f"MQTT broker {self.settings.host}:{self.settings.port} not reachable{hint}"
+            )
+        infos = []
+        for topic, state in publications:
+            info = client.publish(topic, orjson.dumps(state, default=str), qos=1, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise Transient(f"MQTT publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
+            infos.append((topic, info))
+        for topic, info in infos:
+            info.wait_for_publish(self.timeout_s)
+            if not info.is_published():
+                raise Transient(f"MQTT broker did not acknowledge {topic!r} in time")
+
+    async def send(self, message: Outgoing) -> None:
+        if not message.states:
+            raise Permanent("no location state to publish")
+        await asyncio.to_thread(self._publish, message.states)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()

@@ -22,6 +22,22 @@ delivery
 A kill between a send and its record leaves the row leased: after ``lease_s`` it is sent
 again, with the same idempotency key (``<event id>:<subscription id>``) for the receiver to
 drop.  That one in-flight message is the only repeat a crash can cause.
+
+Controls, all decided on rows of the log, so they survive restarts:
+
+silences
+    A match whose event falls in an active silence's scope and time range is written as
+    ``SUPPRESSED`` (with the silence's id and reason) and never sent.
+rate limits and digests
+    At most ``max_per_minute`` messages a minute go to a subscription's target (the
+    subscription's value, else the notifier's default; MQTT only when the subscription
+    sets one).  When more are owed, the first go out one by one up to the limit's last
+    slot, which carries all the rest as one digest; with no slot left they wait for one.
+escalation
+    A critical alert a subscription was told about, still active and unacknowledged
+    ``escalate_after_s`` after that, gets one more row (purpose ``escalation``) to the
+    subscription's escalation target.  If it is acknowledged or resolved before that row
+    goes out, the row is suppressed instead.
 """
 
 from __future__ import annotations
@@ -30,8 +46,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import orjson
@@ -43,27 +62,90 @@ from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from api.poison import PoisonRecords
-from iotmon.settings import Settings
+from iotmon.settings import Settings, notifier_mqtt
 from schemas.alerts import AlertEvent
 from schemas.deadletters import Stage
 from schemas.topics import topic_name
 from stream_apps.common.unavailable import database_unavailable
-from stream_apps.notifier.channels import Outgoing, Permanent, Transient, channels, render
-from stream_apps.notifier.routing import Subscription, route
+from stream_apps.notifier.channels import (
+    Outgoing,
+    Permanent,
+    Transient,
+    channels,
+    fill_topic,
+    location_state,
+    render,
+    render_digest,
+    render_escalation,
+)
+from stream_apps.notifier.routing import Silence, Subscription, route, silenced_by
 
 log = logging.getLogger(__name__)
 
 _CLAIM = """
 UPDATE notifications n
-   SET next_attempt_at = now() + make_interval(secs => %(lease)s), updated_at = now()
+   SET next_attempt_at = now() + make_interval(secs => %(lease)s), updated_at = now(),
+       claim = %(claim)s
  WHERE n.notification_id IN (
        SELECT notification_id FROM notifications
         WHERE status IN ('PENDING', 'RETRYING') AND next_attempt_at <= now()
         ORDER BY next_attempt_at, notification_id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)
-RETURNING n.notification_id, n.subscription_id, n.idempotency_key, n.try_count,
-          n.notify_type, n.notify_id, n.payload
+RETURNING n.notification_id, n.alert_id, n.subscription_id, n.idempotency_key, n.try_count,
+          n.notify_type, n.notify_id, n.payload, n.purpose, n.claim
+"""
+
+# Right before a message goes out: its rows' lease, renewed while this claim still holds
+# it (the rows still owed and not claimed again meanwhile).
+_RENEW = """
+UPDATE notifications
+   SET next_attempt_at = now() + make_interval(secs => %(lease)s), updated_at = now()
+ WHERE notification_id = ANY(%(ids)s) AND claim = %(claim)s
+   AND status IN ('PENDING', 'RETRYING')
+RETURNING notification_id
+"""
+
+# Critical alerts a subscription was told about (its first such row, by when it was
+# written), still active and unacknowledged escalate_after_s later, not yet escalated.
+_OVERDUE = """
+SELECT DISTINCT ON (a.alert_id, s.subscription_id)
+       a.alert_id, s.subscription_id, s.escalate_type, s.escalate_to, n.payload
+  FROM alerts a
+  JOIN notifications n ON n.alert_id = a.alert_id AND n.purpose = 'alert'
+  JOIN alert_subscriptions s ON s.subscription_id = n.subscription_id
+ WHERE a.state = 'active' AND a.alert_level = 'critical' AND a.acknowledged_at IS NULL
+   AND s.enabled AND s.escalate_after_s IS NOT NULL
+   AND n.status <> 'SUPPRESSED'
+   AND n.payload->>'level' = 'critical'
+   AND n.payload->>'transition' IN ('raised', 'escalated')
+   AND n.created_at + make_interval(secs => s.escalate_after_s) <= now()
+   AND NOT EXISTS (SELECT 1 FROM notifications e
+                    WHERE e.event_id = a.alert_id AND e.subscription_id = s.subscription_id
+                      AND e.purpose = 'escalation')
+ ORDER BY a.alert_id, s.subscription_id, n.created_at
+"""
+
+_INSERT = """
+INSERT INTO notifications (alert_id, event_id, subscription_id, notify_type, notify_id,
+                           payload, purpose, status, silence_id, fail_reason)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (event_id, subscription_id, purpose) DO NOTHING
+"""
+
+# Each attempt, for every row a message carried: RETRYING becomes FAILED at the limit.
+_RECORD = """
+UPDATE notifications
+   SET status = CASE WHEN %(status)s = 'RETRYING' AND try_count + 1 >= %(max)s THEN 'FAILED'
+                     ELSE %(status)s END,
+       try_count = try_count + 1,
+       fail_reason = %(reason)s,
+       sent_time = CASE WHEN %(status)s = 'SENT' THEN now() ELSE sent_time END,
+       sent_as = CASE WHEN %(status)s = 'SENT' THEN %(sent_as)s ELSE sent_as END,
+       next_attempt_at = now() + make_interval(secs => %(delay)s),
+       updated_at = now()
+ WHERE notification_id = ANY(%(ids)s) AND claim = %(claim)s
+RETURNING status
 """
 
 
@@ -78,6 +160,32 @@ class NotifierMetrics:
             "iotmon_notifier_attempts_total",
             "Delivery attempts by channel and outcome (sent, retrying, failed)",
             ["channel", "outcome"],
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            "iotmon_notifier_suppressed_total",
+            "Notifications not sent: muted by a silence, or an escalation made moot",
+            ["reason"],
+            registry=registry,
+        )
+        self.digests = Counter(
+            "iotmon_notifier_digests_total",
+            "Digest messages sent (a subscription over its rate limit)",
+            registry=registry,
+        )
+        self.digested = Counter(
+            "iotmon_notifier_digested_total",
+            "Notifications carried by digests",
+            registry=registry,
+        )
+        self.escalations = Counter(
+            "iotmon_notifier_escalations_total",
+            "Escalations of unacknowledged critical alerts, written to the log",
+            registry=registry,
+        )
+        self.postponed = Counter(
+            "iotmon_notifier_postponed_total",
+            "Notifications held back a while by a rate limit",
             registry=registry,
         )
 
@@ -103,7 +211,7 @@ class Notifier:
         self.metrics = NotifierMetrics(registry)
         self.poison = PoisonRecords(settings.kafka, registry, Stage.NOTIFIER)
         self.http = http or httpx.AsyncClient(timeout=self.n.timeout_s, follow_redirects=False)
-        self.channels = channels(self.http, self.n)
+        self.channels = channels(self.http, self.n, notifier_mqtt(settings))
         self.wake = asyncio.Event()
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -126,6 +234,17 @@ class Notifier:
             )
             return [Subscription.of(r) for r in await cur.fetchall()]
 
+    async def silences(
+        self, conn: psycopg.AsyncConnection[Any], since: datetime, until: datetime
+    ) -> list[Silence]:
+        """The silences active at some time in [since, until]."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM silences WHERE starts_at <= %s AND ends_at > %s",
+                (until, since),
+            )
+            return [Silence.of(r) for r in await cur.fetchall()]
+
     # -- intake ---------------------------------------------------------------------------
     def parse(self, record: ConsumerRecord[bytes, bytes]) -> AlertEvent | None:
         try:
@@ -143,31 +262,41 @@ class Notifier:
             return None
 
     async def record(self, conn: psycopg.AsyncConnection[Any], events: list[AlertEvent]) -> int:
-        """One row per (event, matching subscription), once; returns the new rows."""
+        """One row per (event, matching subscription), once: ``PENDING``, or
+        ``SUPPRESSED`` when a silence mutes the event.  Returns how many are to be sent."""
         subs = await self.subscriptions(conn)
-        rows = [
-            (
-                e.alert_id,
-                e.event_id,
-                s.subscription_id,
-                s.notify_type,
-                s.notify_id,
-                Jsonb(orjson.loads(e.model_dump_json())),
-            )
-            for e in events
-            for s in route(e, subs)
-        ]
-        if not rows:
+        matched = [(e, s) for e in events for s in route(e, subs)]
+        if not matched:
             return 0
-        async with conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO notifications (alert_id, event_id, subscription_id, notify_type,"
-                " notify_id, payload) VALUES (%s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (event_id, subscription_id) DO NOTHING",
-                rows,
+        silences = await self.silences(
+            conn, min(e.decided_at for e, _ in matched), max(e.decided_at for e, _ in matched)
+        )
+        rows = []
+        owed = 0
+        for e, s in matched:
+            muted = silenced_by(e, silences)
+            rows.append(
+                (
+                    e.alert_id,
+                    e.event_id,
+                    s.subscription_id,
+                    s.notify_type,
+                    s.notify_id,
+                    Jsonb(orjson.loads(e.model_dump_json())),
+                    "alert",
+                    "SUPPRESSED" if muted else "PENDING",
+                    muted.silence_id if muted else None,
+                    _muted_reason(muted) if muted else None,
+                )
             )
+            if muted:
+                self.metrics.suppressed.labels("silence").inc()
+            else:
+                owed += 1
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(_INSERT, rows)
         self.metrics.routed.inc(len(rows))
-        return len(rows)
+        return owed
 
     async def intake(self, stop: asyncio.Event) -> None:
         k = self.settings.kafka
@@ -215,81 +344,300 @@ class Notifier:
     # -- delivery -------------------------------------------------------------------------
     async def deliver_due(self, conn: psycopg.AsyncConnection[Any]) -> int:
         async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_CLAIM, {"lease": self.n.lease_s, "limit": self.n.batch})
+            await cur.execute(
+                _CLAIM, {"lease": self.n.lease_s, "limit": self.n.batch, "claim": uuid4()}
+            )
             claimed = await cur.fetchall()
         if not claimed:
             return 0
         subs = {s.subscription_id: s for s in await self.subscriptions(conn)}
+        groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in claimed:
-            task = asyncio.create_task(self._deliver(row, subs.get(row["subscription_id"])))
+            groups[row["subscription_id"]].append(row)
+        for sid, rows in groups.items():
+            rows.sort(key=lambda r: r["notification_id"])
+            task = asyncio.create_task(self._deliver_group(rows, subs.get(sid)))
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
         return len(claimed)
 
-    async def _deliver(self, row: dict[str, Any], sub: Subscription | None) -> None:
-        async with self.locks[row["subscription_id"]]:  # one subscription: in order
-            outcome, reason = "sent", None
-            try:
-                if sub is None:
-                    raise Permanent("the subscription was disabled or deleted")
-                channel = self.channels.get(row["notify_type"])
-                if channel is None:
-                    raise Permanent(f"no {row['notify_type']} channel is configured")
-                event = AlertEvent.model_validate(row["payload"])
-                text = render(event, self.n.language, self.n.link or None)
-                await channel.send(
-                    Outgoing(
-                        row["idempotency_key"],
-                        sub.subscription_id,
-                        row["notify_id"],
-                        sub.secret,
-                        event,
-                        text,
-                    )
-                )
-            except Transient as exc:
-                outcome, reason = "retrying", str(exc)
-            except Permanent as exc:
-                outcome, reason = "failed", str(exc)
-            except Exception as exc:
-                outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
-                log.exception("notification %s could not be sent", row["notification_id"])
-            await self._record_attempt(row, outcome, reason)
+    def _limit(self, sub: Subscription) -> int:
+        """Messages a minute the subscription's target may get (0: no limit)."""
+        if sub.max_per_minute is not None:
+            return sub.max_per_minute
+        return 0 if sub.notify_type == "mqtt" else self.n.max_per_minute
 
-    async def _record_attempt(self, row: dict[str, Any], outcome: str, reason: str | None) -> None:
-        tries = row["try_count"] + 1
-        if outcome == "retrying" and tries >= self.n.max_attempts:
-            outcome = "failed"
+    async def _deliver_group(self, rows: list[dict[str, Any]], sub: Subscription | None) -> None:
+        """One subscription's claimed rows, in order, one message at a time."""
+        async with self.locks[rows[0]["subscription_id"]]:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await self._connect()
+                await self._deliver_rows(conn, rows, sub)
+            except psycopg.Error as exc:
+                # The lease runs out and the rows are claimed again (a message that went
+                # out before this goes again, with its key).
+                log.warning("notifier: the database failed during a delivery (%s)", exc)
+            finally:
+                await _closed(conn)
+
+    async def _deliver_rows(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: list[dict[str, Any]],
+        sub: Subscription | None,
+    ) -> None:
+        if sub is None:
+            gone = "the subscription was disabled or deleted"
+            await self._record(conn, rows, "failed", gone, None)
+            return
+        alerts = [r for r in rows if r["purpose"] == "alert"]
+        for row in rows:
+            if row["purpose"] == "escalation":
+                await self._escalate_one(conn, row, sub)
+        limit = self._limit(sub)
+        if limit and alerts:
+            sent, oldest = await self._recent(conn, sub.subscription_id)
+            free = limit - sent
+            if free <= 0:
+                await self._postpone(conn, alerts, oldest)
+                return
+            if len(alerts) > free:
+                for row in alerts[: free - 1]:
+                    await self._send(conn, [row], sub, "alert")
+                await self._send(conn, alerts[free - 1 :], sub, "digest")
+                return
+        for row in alerts:
+            await self._send(conn, [row], sub, "alert")
+
+    async def _recent(
+        self, conn: psycopg.AsyncConnection[Any], subscription_id: int
+    ) -> tuple[int, datetime | None]:
+        """Messages sent to the subscription's target in the last minute (a digest is one),
+        and when the oldest of them went."""
+        cur = await conn.execute(
+            "SELECT count(DISTINCT sent_as), min(sent_time) FROM notifications"
+            " WHERE subscription_id = %s AND status = 'SENT' AND purpose = 'alert'"
+            " AND sent_time > now() - interval '60 seconds'",
+            (subscription_id,),
+        )
+        row = await cur.fetchone()
+        return (int(row[0]), row[1]) if row else (0, None)
+
+    async def _postpone(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: list[dict[str, Any]],
+        oldest: datetime | None,
+    ) -> None:
+        """No message left this minute: the rows wait until the oldest message of the
+        minute leaves the window (no attempt counted)."""
+        await conn.execute(
+            "UPDATE notifications SET next_attempt_at = greatest(now(),"
+            " coalesce(%s + interval '60 seconds', now() + interval '1 second')),"
+            " updated_at = now() WHERE notification_id = ANY(%s) AND claim = %s",
+            (oldest, [r["notification_id"] for r in rows], rows[0]["claim"]),
+        )
+        self.metrics.postponed.inc(len(rows))
+
+    async def _escalate_one(
+        self, conn: psycopg.AsyncConnection[Any], row: dict[str, Any], sub: Subscription
+    ) -> None:
+        """Send an escalation unless its alert was acknowledged or resolved meanwhile."""
+        cur = await conn.execute(
+            "SELECT state, acknowledged_by FROM alerts WHERE alert_id = %s", (row["alert_id"],)
+        )
+        alert = await cur.fetchone()
+        if alert is not None and (alert[0] != "active" or alert[1] is not None):
+            why = (
+                f"acknowledged by {alert[1]} before the escalation went out"
+                if alert[1] is not None
+                else "resolved before the escalation went out"
+            )
+            await conn.execute(
+                "UPDATE notifications SET status = 'SUPPRESSED', fail_reason = %s,"
+                " updated_at = now() WHERE notification_id = %s AND claim = %s",
+                (why, row["notification_id"], row["claim"]),
+            )
+            self.metrics.suppressed.labels("escalation_moot").inc()
+            return
+        await self._send(conn, [row], sub, "escalation")
+
+    async def _send(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: list[dict[str, Any]],
+        sub: Subscription,
+        kind: str,
+    ) -> None:
+        """Send one message for ``rows`` (one row, or a digest of several) and record it.
+
+        The lease is renewed first, for the rows this claim still holds: a row that waited
+        longer than the lease behind its subscription's other messages may have been
+        claimed again meanwhile, and then it is the new claim's to send."""
+        cur = await conn.execute(
+            _RENEW,
+            {
+                "lease": self.n.lease_s,
+                "ids": [r["notification_id"] for r in rows],
+                "claim": rows[0]["claim"],
+            },
+        )
+        held = {r[0] for r in await cur.fetchall()}
+        rows = [r for r in rows if r["notification_id"] in held]
+        if not rows:
+            return
+        first = rows[0]
+        key = first["idempotency_key"]
+        if kind == "digest":
+            key = f"digest:{sub.subscription_id}:{first['notification_id']}"
+        outcome, reason = "sent", None
+        try:
+            channel = self.channels.get(first["notify_type"])
+            if channel is None:
+                raise Permanent(f"no {first['notify_type']} channel is configured")
+            events = [AlertEvent.model_validate(r["payload"]) for r in rows]
+            n, link = self.n, self.n.link or None
+            if kind == "digest":
+                text = render_digest(events, n.language, link)
+            elif kind == "escalation":
+                text = render_escalation(events[0], sub.escalate_after_s or 0, n.language, link)
+            else:
+                text = render(events[0], n.language, link)
+            states: tuple[tuple[str, dict[str, Any]], ...] = ()
+            if first["notify_type"] == "mqtt":
+                states = await self._states(conn, first["notify_id"], events)
+            await channel.send(
+                Outgoing(
+                    key,
+                    sub.subscription_id,
+                    first["notify_id"],
+                    sub.secret,
+                    events[-1],
+                    text,
+                    kind=kind,
+                    events=tuple(events) if kind == "digest" else (),
+                    states=states,
+                )
+            )
+        except Transient as exc:
+            outcome, reason = "retrying", str(exc)
+        except Permanent as exc:
+            outcome, reason = "failed", str(exc)
+        except Exception as exc:
+            outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("notification %s could not be sent", first["notification_id"])
+        if outcome == "sent" and kind == "digest":
+            self.metrics.digests.inc()
+            self.metrics.digested.inc(len(rows))
+        await self._record(conn, rows, outcome, reason, key)
+
+    async def _states(
+        self, conn: psycopg.AsyncConnection[Any], template: str, events: list[AlertEvent]
+    ) -> tuple[tuple[str, dict[str, Any]], ...]:
+        """For the MQTT channel: each location's current state, once per topic (the latest
+        of ``events`` there), its other active alerts read from the database."""
+        latest: dict[str, AlertEvent] = {}
+        for e in events:
+            latest[fill_topic(template, e)] = e
+        out = []
+        for topic, event in latest.items():
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    "SELECT alert_id::text, kind, alert_type AS metric, alert_level AS level,"
+                    " measured_value, alert_time AS since,"
+                    " acknowledged_at IS NOT NULL AS acknowledged"
+                    " FROM alerts WHERE loc_id = %s AND state = 'active'",
+                    (event.loc_id,),
+                )
+                active = await cur.fetchall()
+            out.append((topic, location_state(event, active)))
+        return tuple(out)
+
+    async def _record(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: list[dict[str, Any]],
+        outcome: str,
+        reason: str | None,
+        sent_as: str | None,
+    ) -> None:
+        tries = max(r["try_count"] for r in rows) + 1
         delay = backoff_s(tries, self.n.backoff_base_s, self.n.backoff_max_s, self.rng)
         status = {"sent": "SENT", "retrying": "RETRYING", "failed": "FAILED"}[outcome]
-        self.metrics.attempts.labels(row["notify_type"], outcome).inc()
-        conn = await self._connect()
-        try:
-            await conn.execute(
-                "UPDATE notifications SET status = %s, try_count = %s, fail_reason = %s,"
-                " sent_time = CASE WHEN %s = 'SENT' THEN now() ELSE sent_time END,"
-                " next_attempt_at = now() + make_interval(secs => %s), updated_at = now()"
-                " WHERE notification_id = %s",
-                (status, tries, reason, status, delay, row["notification_id"]),
-            )
-        finally:
-            await conn.close()
+        cur = await conn.execute(
+            _RECORD,
+            {
+                "status": status,
+                "max": self.n.max_attempts,
+                "reason": reason,
+                "sent_as": sent_as,
+                "delay": delay,
+                "ids": [r["notification_id"] for r in rows],
+                "claim": rows[0]["claim"],
+            },
+        )
+        for (final,) in await cur.fetchall():
+            self.metrics.attempts.labels(rows[0]["notify_type"], final.lower()).inc()
         if outcome == "retrying":
             log.warning(
                 "notification %s (%s): attempt %d failed, again in %.1fs: %s",
-                row["notification_id"],
-                row["notify_type"],
+                rows[0]["notification_id"],
+                rows[0]["notify_type"],
                 tries,
                 delay,
                 reason,
             )
 
+    # -- escalation ------------------------------------------------------------------------
+    async def escalate(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Write an escalation row for every overdue critical alert; returns how many are
+        to be sent (a silence active now mutes an escalation too)."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_OVERDUE)
+            overdue = await cur.fetchall()
+        if not overdue:
+            return 0
+        now = datetime.now(UTC)
+        silences = await self.silences(conn, now, now)
+        rows = []
+        owed = 0
+        for o in overdue:
+            event = AlertEvent.model_validate(o["payload"])
+            muted = silenced_by(event, silences, now)
+            rows.append(
+                (
+                    o["alert_id"],
+                    o["alert_id"],
+                    o["subscription_id"],
+                    o["escalate_type"],
+                    o["escalate_to"],
+                    Jsonb(o["payload"]),
+                    "escalation",
+                    "SUPPRESSED" if muted else "PENDING",
+                    muted.silence_id if muted else None,
+                    _muted_reason(muted) if muted else None,
+                )
+            )
+            self.metrics.escalations.inc()
+            if muted:
+                self.metrics.suppressed.labels("silence").inc()
+            else:
+                owed += 1
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(_INSERT, rows)
+        return owed
+
     async def delivery(self, stop: asyncio.Event) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
+        checked = 0.0  # when overdue alerts were last looked for (monotonic)
         try:
             while not stop.is_set():
                 try:
                     conn = conn or await self._connect()
+                    if time.monotonic() - checked >= self.n.escalation_check_s:
+                        await self.escalate(conn)
+                        checked = time.monotonic()
                     claimed = await self.deliver_due(conn)
                 except Exception as exc:
                     if not database_unavailable(exc):
@@ -320,6 +668,13 @@ class Notifier:
             if self.in_flight:
                 await asyncio.wait(self.in_flight, timeout=self.n.timeout_s + 1)
             await self.http.aclose()
+            mqtt_channel = self.channels.get("mqtt")
+            if mqtt_channel is not None:
+                mqtt_channel.close()
+
+
+def _muted_reason(silence: Silence) -> str:
+    return f"silenced by #{silence.silence_id} ({silence.created_by}): {silence.reason}"
 
 
 async def _closed(conn: psycopg.AsyncConnection[Any] | None) -> None:

@@ -202,3 +202,48 @@ def test_delivery_options_and_a_write_only_secret(client: TestClient) -> None:
         assert r.status_code == 422, (bad, r.text)
     slack = {**body, "notify_type": "slack", "notify_id": "https://hooks.slack.com/services/T/B/X"}
     assert client.post(URL, json=slack, headers=OPERATOR).status_code == 201
+
+
+def test_escalation_rate_limit_and_mqtt_targets(client: TestClient) -> None:
+    body = {
+        **BODY,
+        "notify_type": "mqtt",
+        "notify_id": "alerts/{factory}/{loc_id}",
+        "escalate_after_s": 900,
+        "escalate_type": "email",
+        "escalate_to": "safety-lead@example.com",
+        "max_per_minute": 5,
+    }
+    created = client.post(URL, json=body, headers=OPERATOR)
+    assert created.status_code == 201, created.text
+    doc = created.json()
+    assert (doc["escalate_after_s"], doc["escalate_to"], doc["max_per_minute"]) == (
+        900,
+        "safety-lead@example.com",
+        5,
+    )
+    sid = doc["subscription_id"]
+    # Turning escalation off takes all three fields.
+    off = {"escalate_after_s": None, "escalate_type": None, "escalate_to": None}
+    r = client.put(f"{URL}{sid}", json=off, headers=OPERATOR)
+    assert r.status_code == 200 and r.json()["escalate_after_s"] is None, r.text
+    r = client.put(f"{URL}{sid}", json={"escalate_after_s": 600}, headers=OPERATOR)
+    assert r.status_code == 422 and "together" in r.json()["error"]["message"]
+    bad_fields: list[dict[str, object]] = [
+        {"escalate_after_s": 900},  # without a target
+        {"escalate_type": "email", "escalate_to": "nobody"},  # not an address
+        {"escalate_type": "sms", "escalate_to": "010"},  # no such escalation channel
+        {"escalate_after_s": 10},  # under a minute
+        {"max_per_minute": -1},
+        {"notify_id": "alerts/+/{loc_id}"},  # a wildcard
+        {"notify_id": "alerts/{building}/{nope}"},  # an unknown field
+        {"notify_id": "plant/{loc_id}"},  # outside the notifier's tree
+    ]
+    for bad in bad_fields:
+        r = client.post(
+            URL,
+            json={**BODY, "notify_type": "mqtt", "notify_id": "alerts/x", **bad},
+            headers=OPERATOR,
+        )
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["error"]["message"], bad

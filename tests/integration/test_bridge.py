@@ -30,13 +30,13 @@ def bridge(kafka: KafkaSettings, mqtt: MqttSettings) -> Iterator[tuple[Bridge, C
     thread.join(40)
 
 
-def publish(mqtt: MqttSettings, messages: list[tuple[str, bytes]]) -> None:
+def publish(mqtt: MqttSettings, messages: list[tuple[str, bytes]], *, retain: bool = False) -> None:
     pub = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2)
     apply_login(pub, gateway_settings(mqtt))
     pub.connect(mqtt.host, mqtt.port)
     pub.loop_start()
     try:
-        infos = [pub.publish(t, p, qos=1) for t, p in messages]
+        infos = [pub.publish(t, p, qos=1, retain=retain) for t, p in messages]
         for info in infos:
             info.wait_for_publish(10)
     finally:
@@ -113,3 +113,39 @@ def test_a_reading_published_while_the_bridge_is_stopped_arrives_after_its_resta
         stop2.set()
         thread2.join(40)
     assert [m.value() for m in got] == [b"while down"]
+
+
+def test_a_retained_reading_is_forwarded_once_and_never_replayed_by_a_resubscription(
+    kafka: KafkaSettings, mqtt: MqttSettings
+) -> None:
+    """The broker keeps retained messages (the notifier's alert states need them).  A
+    gateway that sets the flag on a reading has it forwarded when it is published; every
+    later subscription of the bridge (each restart subscribes again) gets the retained copy
+    with the flag set, and the bridge skips it instead of taking it for a new reading."""
+    raw = topic_name("readings_mqtt", kafka.topic_prefix)
+    topic = f"{mqtt.topic_prefix}sensors/S-RETAINED/readings"
+    registry = CollectorRegistry()
+    _b, stop, thread = start_bridge(kafka, mqtt, registry)
+    try:
+        publish(mqtt, [(topic, b"kept by the broker")], retain=True)
+        got = read_topic(kafka, raw, until=lambda m: len(m) >= 1)
+        assert [m.value() for m in got] == [b"kept by the broker"]
+    finally:
+        stop.set()
+        thread.join(40)
+    restarted = CollectorRegistry()
+    _b2, stop2, thread2 = start_bridge(kafka, mqtt, restarted)
+    try:
+        # One copy per matching subscription (the reading pattern and the watched tree).
+        wait_for(
+            lambda: (restarted.get_sample_value("iotmon_bridge_retained_skipped_total") or 0) >= 1,
+            what="the retained copy, skipped",
+        )
+        publish(mqtt, [(f"{mqtt.topic_prefix}sensors/S-AFTER/readings", b"new")])
+        got = read_topic(kafka, raw, until=lambda m: any(x.key() == b"S-AFTER" for x in m))
+    finally:
+        stop2.set()
+        thread2.join(40)
+        publish(mqtt, [(topic, b"")], retain=True)  # an empty retained message clears it
+    assert [m.value() for m in got] == [b"kept by the broker", b"new"]
+    assert restarted.get_sample_value("iotmon_bridge_forwarded_total") == 1.0

@@ -89,6 +89,7 @@ def secured(
             "ingest": stack.ingest.model_copy(update={"group_id": f"ingest-{test_id}"}),
             "worker": stack.worker.model_copy(update={"app_id": f"worker-{test_id}"}),
             "sink": stack.sink.model_copy(update={"group_prefix": f"sink-{test_id}"}),
+            "notifier": stack.notifier.model_copy(update={"group_id": f"notifier-{test_id}"}),
         }
     )
     ensure_topics(admin)
@@ -113,7 +114,7 @@ def test_a_principal_without_the_acl_cannot_write_thresholds(
 ) -> None:
     prefix = secured.kafka.topic_prefix
     thresholds = topic_name("thresholds", prefix)
-    for principal in ("gateway", "bridge", "ingest", "worker", "sink"):
+    for principal in ("gateway", "bridge", "ingest", "worker", "sink", "notifier"):
         err = produce(secure_kafka.as_principal(principal, prefix), thresholds)
         assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, principal
     # Those with the grant can: the API (threshold editor) and the super user.
@@ -122,8 +123,9 @@ def test_a_principal_without_the_acl_cannot_write_thresholds(
     # Only the worker writes alerts.
     alerts = topic_name("alerts", prefix)
     assert produce(secure_kafka.as_principal("worker", prefix), alerts) is None
-    err = produce(secure_kafka.as_principal("api", prefix), alerts)
-    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    for principal in ("api", "notifier"):
+        err = produce(secure_kafka.as_principal(principal, prefix), alerts)
+        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     # A gateway writes the raw topic and nothing else.
     assert (
         produce(secure_kafka.as_principal("gateway", prefix), topic_name("readings_raw", prefix))
@@ -162,6 +164,47 @@ def test_a_gateway_cannot_read_nor_join_other_groups(
             KafkaError.TOPIC_AUTHORIZATION_FAILED,
             KafkaError.GROUP_AUTHORIZATION_FAILED,
         )
+    finally:
+        consumer.close()
+
+
+def test_the_notifier_reads_alerts_in_its_group_and_writes_dead_letters_only(
+    secure_kafka: SecureKafka, secured: Settings
+) -> None:
+    prefix = secured.kafka.topic_prefix
+    alerts = topic_name("alerts", prefix)
+    assert produce(secure_kafka.as_principal("worker", prefix), alerts) is None
+    notifier = secure_kafka.as_principal("notifier", prefix)
+    got = read_topic(
+        notifier, alerts, until=lambda m: len(m) >= 1, timeout=30, group=secured.notifier.group_id
+    )
+    assert len(got) == 1
+    # Its unreadable records go to the dead letters; nothing else is written.
+    assert produce(notifier, topic_name("dead_letters", prefix)) is None
+    err = produce(notifier, topic_name("readings", prefix))
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    # Another component's group is not its own.
+    consumer = Consumer(
+        {
+            **notifier.client_config(),
+            "group.id": secured.ingest.group_id,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([alerts])
+        errors: list[KafkaError] = []
+        deadline = time.monotonic() + 20
+        while not errors and time.monotonic() < deadline:
+            try:
+                msg = consumer.poll(0.5)
+            except KafkaException as exc:
+                errors.append(exc.args[0])
+                continue
+            error = msg.error() if msg is not None else None
+            if error is not None:
+                errors.append(error)
+        assert errors and errors[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED, errors
     finally:
         consumer.close()
 

@@ -43,8 +43,9 @@ class Received:
 
 
 class Receivers:
-    """One local HTTP server: ``/ok`` answers 200, ``/flaky`` 503 three times then 200,
-    ``/hang`` holds the request for 20 s, ``/gone`` 404."""
+    """One local HTTP server: ``/ok`` (and any other path) answers 200, ``/flaky`` 503
+    three times then 200, ``/hang`` holds the request for 20 s, ``/gone`` 404, ``/slow``
+    200 after 50 ms."""
 
     def __init__(self) -> None:
         self.got: list[Received] = []
@@ -68,6 +69,8 @@ class Receivers:
                     outer.hang_ended.append(time.monotonic())
                 elif self.path == "/gone":
                     status = 404
+                elif self.path == "/slow":
+                    time.sleep(0.05)
                 try:
                     self.send_response(status)
                     self.end_headers()
@@ -202,6 +205,9 @@ def settings_for(
                     "lease_s": 30.0,
                     "poll_s": 0.1,
                     "language": "en",
+                    # No rate limit unless a test sets one (test_notifier_controls.py).
+                    "max_per_minute": 0,
+                    "escalation_check_s": 0.5,
                 }
             ),
         }

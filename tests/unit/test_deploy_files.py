@@ -32,6 +32,7 @@ def test_compose_file_is_valid_and_complete() -> None:
         "worker",
         "sink",
         "api",
+        "notifier",
     } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["postgres"]["image"].startswith("timescale/timescaledb:")
@@ -66,7 +67,7 @@ def test_k8s_manifests_parse_and_are_all_listed() -> None:
     assert ("StatefulSet", "kafka") in kinds
     assert ("Deployment", "iotmon-bridge") in kinds
     assert ("Job", "iotmon-migrate") in kinds
-    for name in ("iotmon-ingest", "iotmon-worker", "iotmon-sink", "iotmon-api"):
+    for name in ("iotmon-ingest", "iotmon-worker", "iotmon-sink", "iotmon-api", "iotmon-notifier"):
         assert ("Deployment", name) in kinds
 
 
@@ -118,7 +119,7 @@ def _workloads() -> list[dict[str, Any]]:
 
 def test_k8s_pods_are_hardened() -> None:
     workloads = _workloads()
-    assert len(workloads) == 12
+    assert len(workloads) == 13
     for workload in workloads:
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
@@ -261,7 +262,8 @@ def test_every_mosquitto_we_ship_refuses_anonymous_clients_and_offers_tls(where:
     for i, words in enumerate(lines):
         if words[0] == "listener":
             assert lines[i + 1] == ["use_username_as_clientid", "true"], where
-    assert options["retain_available"] == ["false"]
+    # Alert states are retained (alerts/#, the notifier's); the bridge skips retained copies.
+    assert options["retain_available"] == ["true"]
     assert "CBC" not in " ".join(options["ciphers"]) and "SHA:" not in options["ciphers"][0]
 
 
@@ -274,6 +276,7 @@ K8S_KAFKA_PRINCIPALS: dict[str, str | None] = {
     "iotmon-worker": "worker",
     "iotmon-sink": "sink",
     "iotmon-api": "api",
+    "iotmon-notifier": "notifier",
     "iotmon-kafka-access": "admin",
     "iotmon-topics": "admin",
     "iotmon-migrate": None,
@@ -286,13 +289,24 @@ K8S_DB_ROLES: dict[str, str | None] = {
     "iotmon-worker": None,
     "iotmon-sink": "iotmon_sink",
     "iotmon-api": "iotmon_api",
+    "iotmon-notifier": "iotmon_api",  # it reads the subscriptions, writes the notification log
     "iotmon-kafka-access": None,
     "iotmon-topics": None,
     "iotmon-migrate": "iotmon_migrator",
     "iotmon-db-roles": "iotmon",  # the superuser: this one-shot job alone
 }
 SUPERUSER = "iotmon"
-KAFKA_PRINCIPALS = ("admin", "controller", "gateway", "bridge", "ingest", "worker", "sink", "api")
+KAFKA_PRINCIPALS = (
+    "admin",
+    "controller",
+    "gateway",
+    "bridge",
+    "ingest",
+    "worker",
+    "sink",
+    "api",
+    "notifier",
+)
 
 
 def _properties(text: str) -> dict[str, str]:
@@ -447,6 +461,7 @@ COMPOSE_LOGINS: dict[str, tuple[str | None, str | None]] = {
     "worker": ("worker", None),
     "sink": ("sink", "iotmon_sink"),
     "api": ("api", "iotmon_api"),
+    "notifier": ("notifier", "iotmon_api"),
     "simulator": ("api", "iotmon_api"),  # registers master data as the API does
 }
 
@@ -478,7 +493,7 @@ def test_compose_components_log_in_with_their_own_principal_and_role() -> None:
             continue
         url = env["DATABASE_URL"]
         assert url == f"postgresql://{role}@postgres:5432/iotmon", name
-        if name in {"api", "sink", "ingest", "simulator", "migrate"}:
+        if name in {"api", "sink", "ingest", "simulator", "migrate", "notifier"}:
             assert not url.startswith(f"postgresql://{superuser}@"), name
             assert not url.startswith(f"postgresql://{superuser}:"), name
         kind = "postgres" if role == superuser else role.removeprefix("iotmon_")
@@ -507,3 +522,36 @@ def test_plain_mqtt_is_reachable_by_the_bridge_only_on_kubernetes() -> None:
             assert sources and all(
                 s["podSelector"]["matchLabels"] == {"app": "iotmon-bridge"} for s in sources
             )
+
+
+def test_the_notifier_reaches_its_receivers_and_mqtt_over_tls_only() -> None:
+    """Egress of the notifier: Kafka, PostgreSQL, Mosquitto's TLS listener, and HTTPS and SMTP
+    submission out of the cluster (webhooks, Slack, mail); no other port anywhere."""
+    docs = _k8s_docs()
+    policy = next(
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "iotmon-notifier"
+    )
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app": "iotmon-notifier"}}
+    inside: dict[str, set[int]] = {}
+    outside: set[int] = set()
+    for rule in policy["spec"]["egress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                outside |= ports
+            else:
+                inside.setdefault(peer["podSelector"]["matchLabels"]["app"], set()).update(ports)
+    assert inside == {"kafka": {9092}, "postgres": {5432}, "mosquitto": {8883}}
+    assert outside == {443, 587}
+    [ingress] = policy["spec"]["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == [9105]
+    notifier = next(w for w in _workloads() if w["metadata"]["name"] == "iotmon-notifier")
+    assert notifier["spec"]["replicas"] == 1  # each subscription's messages in order
+    [container] = notifier["spec"]["template"]["spec"]["containers"]
+    assert container["ports"] == [{"containerPort": 9105, "name": "metrics"}]
+    env = _resolved_env(container)
+    assert env["IOTMON_MQTT__TLS"] == "true" and env["IOTMON_MQTT__PORT"] == "8883"
+    mounts = _secret_mounts(notifier["spec"]["template"]["spec"], container)
+    assert mounts["/run/secrets/mqtt-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
