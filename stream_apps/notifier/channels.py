@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any, Protocol
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -196,7 +197,7 @@ def render(
         value = f"{event.measured_value}{unit}" if event.measured_value is not None else "—"
         band = _band(event, lang)
         text = f"[{level}] {metric} {value} — {place}{band}: {transition} {when}"
-    return f"{text}\n{link}" if link else text
+    return f"{text}\n{fill_link(link, event)}" if link else text
 
 
 def render_escalation(
@@ -239,7 +240,24 @@ def render_digest(
     if rest > 0:
         lines.append(f"… and {rest} more" if en else f"… 외 {rest}건")
     text = "\n".join([head, *lines])
-    return f"{text}\n{link}" if link else text
+    return f"{text}\n{fill_link(link, events[-1])}" if link else text
+
+
+LINK_FIELDS = ("loc_id", "alert_id", "sensor_id", "factory")
+
+
+def fill_link(link: str, event: AlertEvent) -> str:
+    """``link`` with ``{loc_id}``, ``{alert_id}``, ``{sensor_id}`` and ``{factory}``
+    replaced by the event's values, URL-encoded (e.g. a dashboard's location page:
+    ``https://board.example/#/location/{loc_id}``); other text is left as it is."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in LINK_FIELDS:
+            return match.group(0)
+        return quote(str(getattr(event, name) or ""), safe="")
+
+    return FIELD_PATTERN.sub(value, link)
 
 
 def _band(event: AlertEvent, lang: str) -> str:

@@ -20,8 +20,10 @@ from schemas.alerts import (
 from schemas.common import Status
 from stream_apps.notifier.channels import (
     DIGEST_LINES,
+    fill_link,
     fill_topic,
     location_state,
+    render,
     render_digest,
     render_escalation,
 )
@@ -183,3 +185,12 @@ def test_digest_and_escalation_texts() -> None:
     assert render_escalation(events[0], 900, "ko").startswith(
         "[에스컬레이션] 위험 경보가 15분 동안 확인되지 않았습니다"
     )
+
+
+def test_a_link_can_point_at_the_alerts_location() -> None:
+    e = event(loc_id="A 1/2", factory="신평")
+    text = render(e, "en", "https://board.example/#/location/{loc_id}?f={factory}&x={other}")
+    assert text.splitlines()[-1] == (
+        "https://board.example/#/location/A%201%2F2?f=%EC%8B%A0%ED%8F%89&x={other}"
+    )
+    assert fill_link("https://board.example/", e) == "https://board.example/"
