@@ -165,6 +165,7 @@ CanRead = require("viewer", reads=True)
 # whatever open_reads says.
 CanReadPrivate = require("viewer")
 Reader = Annotated[Caller, CanRead]
+PrivateReader = Annotated[Caller, CanReadPrivate]
 CanOperate = require("operator")
 CanAdmin = require("admin")
 Operator = Annotated[Caller, CanOperate]

@@ -237,6 +237,9 @@ class NotifierSettings(BaseModel):
     lease_s: float = Field(60.0, gt=0)  # a claimed notification is another's after this
     poll_s: float = Field(1.0, gt=0)  # look for due retries this often
     batch: int = Field(100, ge=1)
+    # Database connections for deliveries: each held for one statement, never while a
+    # message is on its way.
+    db_connections: int = Field(4, ge=1, le=100)
     language: Literal["ko", "en"] = "ko"
     link: str = ""  # appended to every message, e.g. the dashboard's address
     metrics_port: int = 9105

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 from schemas.common import Status
 from schemas.master import Location
@@ -44,8 +43,9 @@ class AlertEvent(BaseModel):
     threshold_level: str | None
     threshold_min: Decimal | None
     threshold_max: Decimal | None
-    reading_time: datetime | None
-    decided_at: datetime
+    # With a time zone: a naive time cannot be placed on the timeline (nor in a silence).
+    reading_time: AwareDatetime | None
+    decided_at: AwareDatetime
     message: str
     # Where the sensor is, as master data said when the event was sent, so that any
     # subscriber of the topic (ours or a plant's own) can filter without a lookup.  None

@@ -21,9 +21,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.deps import CanReadPrivate, Conn, Operator
+from api.deps import CanReadPrivate, Conn, Operator, PrivateReader
 from api.filters import equal
-from api.routers.subscriptions import Limit, Name, Notification, Skip
+from api.routers.subscriptions import Limit, Name, Notification, Skip, note_for
 from schemas.common import Metric
 from schemas.master import SENSOR_ID_PATTERN
 
@@ -74,7 +74,10 @@ class SilenceIn(BaseModel):
         if (self.ends_at is None) == (self.duration_s is None):
             raise ValueError("give either ends_at or duration_s")
         start = self.starts_at or datetime.now(UTC)
-        end = self.ends_at or start + timedelta(seconds=self.duration_s or 0)
+        try:
+            end = self.ends_at or start + timedelta(seconds=self.duration_s or 0)
+        except OverflowError:
+            raise ValueError("starts_at + duration_s is past the year 9999") from None
         if end <= start:
             raise ValueError("ends_at must be after starts_at")
         if end - start > MAX_SILENCE:
@@ -204,9 +207,9 @@ async def end_silence(caller: Operator, conn: Conn, silence_id: SilenceId) -> Si
     return _silence(row, row.pop("now"))
 
 
-@router.get("/silences/{silence_id}/suppressed", dependencies=[CanReadPrivate])
+@router.get("/silences/{silence_id}/suppressed")
 async def suppressed_by(
-    conn: Conn, silence_id: SilenceId, skip: Skip = 0, limit: Limit = 100
+    caller: PrivateReader, conn: Conn, silence_id: SilenceId, skip: Skip = 0, limit: Limit = 100
 ) -> list[Notification]:
     """The notifications this silence kept from being sent, newest first."""
     await _get(conn, silence_id)
@@ -219,4 +222,4 @@ async def suppressed_by(
             " OFFSET %s LIMIT %s",
             (silence_id, skip, limit),
         )
-        return [Notification.model_validate(r) for r in await cur.fetchall()]
+        return [note_for(caller, r) for r in await cur.fetchall()]

@@ -10,6 +10,7 @@ needs a viewer token even where other reads are open.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -19,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from api.deps import AppSettings, CanOperate, CanReadPrivate, Conn
+from api.deps import AppSettings, CanOperate, Conn, PrivateReader, has_role
 from api.filters import equal
 from iotmon.settings import Settings
 from schemas.alerts import TopicTemplateError, check_topic_template
@@ -112,14 +113,40 @@ class SubscriptionIn(BaseModel):
         return self
 
 
+# One address, no display name, nothing a mail header could be split at.
+EMAIL = re.compile(r"[^@\s,;<>()\[\]\\\"]+@[^@\s,;<>()\[\]\\\"]+\.[^@\s,;<>()\[\]\\\"]+")
+
+
+def mask_url(kind: str | None, target: str | None) -> str | None:
+    """A webhook's or Slack's URL as a viewer sees it: scheme and host only.  Such URLs
+    often carry the credential (a Slack incoming webhook's path is one): whoever holds
+    them can post.  Operators see them whole."""
+    if target is None or kind not in ("webhook", "slack"):
+        return target
+    scheme, _, rest = target.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…"
+
+
+def _for(caller: Any, sub: Subscription) -> Subscription:
+    if has_role(caller, "operator"):
+        return sub
+    return sub.model_copy(
+        update={
+            "notify_id": mask_url(sub.notify_type, sub.notify_id),
+            "escalate_to": mask_url(sub.escalate_type, sub.escalate_to),
+        }
+    )
+
+
 def _check_target(kind: str, target: str, name: str) -> None:
     """Whether ``target`` can be an address of the ``kind`` channel (ValueError if not)."""
     if kind == "webhook" and not target.startswith(("http://", "https://")):
         raise ValueError(f"a webhook's {name} must be an http:// or https:// URL")
     if kind == "slack" and not target.startswith("https://"):
         raise ValueError(f"a slack {name} must be an incoming-webhook https:// URL")
-    if kind == "email" and "@" not in target:
-        raise ValueError(f"an email's {name} must be an address")
+    if kind == "email" and not EMAIL.fullmatch(target):
+        raise ValueError(f"an email's {name} must be one address (name@domain)")
     if kind == "mqtt":
         try:
             check_topic_template(target)
@@ -219,8 +246,9 @@ async def _write(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> Sub
     return Subscription.model_validate(row)
 
 
-@router.get("/subscriptions/", dependencies=[CanReadPrivate])
+@router.get("/subscriptions/")
 async def list_subscriptions(
+    caller: PrivateReader,
     conn: Conn,
     skip: Skip = 0,
     limit: Limit = 100,
@@ -245,12 +273,14 @@ async def list_subscriptions(
             ).format(_COLUMNS, sql.SQL(" AND ").join(conditions)),
             [*params, skip, limit],
         )
-        return [Subscription.model_validate(r) for r in await cur.fetchall()]
+        return [_for(caller, Subscription.model_validate(r)) for r in await cur.fetchall()]
 
 
-@router.get("/subscriptions/{subscription_id}", dependencies=[CanReadPrivate])
-async def get_subscription(conn: Conn, subscription_id: SubscriptionId) -> Subscription:
-    return await _get(conn, subscription_id)
+@router.get("/subscriptions/{subscription_id}")
+async def get_subscription(
+    caller: PrivateReader, conn: Conn, subscription_id: SubscriptionId
+) -> Subscription:
+    return _for(caller, await _get(conn, subscription_id))
 
 
 @router.post("/subscriptions/", status_code=201, dependencies=[CanOperate])
@@ -332,8 +362,16 @@ async def delete_subscription(conn: Conn, subscription_id: SubscriptionId) -> Su
     return current
 
 
-@router.get("/notifications/", dependencies=[CanReadPrivate])
+def note_for(caller: Any, row: dict[str, Any]) -> Notification:
+    found = Notification.model_validate(row)
+    if has_role(caller, "operator"):
+        return found
+    return found.model_copy(update={"notify_id": mask_url(found.notify_type, found.notify_id)})
+
+
+@router.get("/notifications/")
 async def notifications(
+    caller: PrivateReader,
     conn: Conn,
     skip: Skip = 0,
     limit: Limit = 100,
@@ -356,43 +394,47 @@ async def notifications(
             ).format(sql.SQL(" AND ").join(conditions)),
             [*params, skip, limit],
         )
-        return [Notification.model_validate(r) for r in await cur.fetchall()]
+        return [note_for(caller, r) for r in await cur.fetchall()]
 
 
 # The original system's read endpoints of the log (same rows, same order).
-@router.get("/notifications/pending", dependencies=[CanReadPrivate])
+@router.get("/notifications/pending")
 async def pending_notifications(
-    conn: Conn, skip: Skip = 0, limit: Limit = 100
+    caller: PrivateReader, conn: Conn, skip: Skip = 0, limit: Limit = 100
 ) -> list[Notification]:
     """Owed and not yet sent: PENDING and RETRYING."""
-    rows = await notifications(conn, skip, limit, status="PENDING")
-    return rows + await notifications(conn, skip, limit, status="RETRYING")
+    rows = await notifications(caller, conn, skip, limit, status="PENDING")
+    return rows + await notifications(caller, conn, skip, limit, status="RETRYING")
 
 
-@router.get("/notifications/failed", dependencies=[CanReadPrivate])
+@router.get("/notifications/failed")
 async def failed_notifications(
-    conn: Conn, skip: Skip = 0, limit: Limit = 100
+    caller: PrivateReader, conn: Conn, skip: Skip = 0, limit: Limit = 100
 ) -> list[Notification]:
-    return await notifications(conn, skip, limit, status="FAILED")
+    return await notifications(caller, conn, skip, limit, status="FAILED")
 
 
-@router.get("/notifications/alert/{alert_id}", dependencies=[CanReadPrivate])
+@router.get("/notifications/alert/{alert_id}")
 async def notifications_of_alert(
-    conn: Conn, alert_id: UUID, skip: Skip = 0, limit: Limit = 100
+    caller: PrivateReader, conn: Conn, alert_id: UUID, skip: Skip = 0, limit: Limit = 100
 ) -> list[Notification]:
-    return await notifications(conn, skip, limit, alert_id=alert_id)
+    return await notifications(caller, conn, skip, limit, alert_id=alert_id)
 
 
-@router.get("/notifications/subscription/{subscription_id}", dependencies=[CanReadPrivate])
+@router.get("/notifications/subscription/{subscription_id}")
 async def notifications_of_subscription(
-    conn: Conn, subscription_id: SubscriptionId, skip: Skip = 0, limit: Limit = 100
+    caller: PrivateReader,
+    conn: Conn,
+    subscription_id: SubscriptionId,
+    skip: Skip = 0,
+    limit: Limit = 100,
 ) -> list[Notification]:
-    return await notifications(conn, skip, limit, subscription_id=subscription_id)
+    return await notifications(caller, conn, skip, limit, subscription_id=subscription_id)
 
 
-@router.get("/notifications/{notification_id}", dependencies=[CanReadPrivate])
+@router.get("/notifications/{notification_id}")
 async def get_notification(
-    conn: Conn, notification_id: Annotated[int, Path(ge=1, le=2**62)]
+    caller: PrivateReader, conn: Conn, notification_id: Annotated[int, Path(ge=1, le=2**62)]
 ) -> Notification:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
@@ -405,4 +447,4 @@ async def get_notification(
         row = await cur.fetchone()
     if row is None:
         raise HTTPException(404, f"notification {notification_id} does not exist")
-    return Notification.model_validate(row)
+    return note_for(caller, row)

@@ -71,23 +71,34 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _check(response: httpx.Response) -> None:
-    if response.status_code < 300:
+ANSWER_BYTES = 1024  # of a receiver's answer, read for the log of a failure; the rest never
+
+
+def _check(status: int, answer: bytes) -> None:
+    if status < 300:
         return
-    reason = f"HTTP {response.status_code}: {response.text[:200]}"
-    if response.status_code >= 500 or response.status_code in (408, 425, 429):
+    reason = f"HTTP {status}: {answer[:200].decode(errors='replace')}"
+    if status >= 500 or status in (408, 425, 429):
         raise Transient(reason)
     raise Permanent(reason)
 
 
 async def _post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> None:
+    """POST ``body``; only the status and, on a failure, the answer's first kilobyte are
+    read (a receiver's giant or endless answer costs nothing)."""
     try:
-        response = await client.post(url, content=body, headers=headers)
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            answer = b""
+            if response.status_code >= 300:
+                async for chunk in response.aiter_raw():
+                    answer += chunk
+                    if len(answer) >= ANSWER_BYTES:
+                        break
     except httpx.TimeoutException as exc:
         raise Transient(f"timed out: {exc!r}") from exc
     except httpx.TransportError as exc:
         raise Transient(f"could not connect: {exc!r}") from exc
-    _check(response)
+    _check(response.status_code, answer)
 
 
 class WebhookChannel:
@@ -118,6 +129,31 @@ class WebhookChannel:
         await _post(self.client, message.target, body, headers)
 
 
+SLACK_SECTION_MAX = 3000  # characters of one section block's text (Slack refuses more)
+SLACK_BLOCKS_MAX = 50  # blocks of one message
+SLACK_TEXT_MAX = 40000  # the top-level text
+
+
+def slack_sections(text: str) -> list[str]:
+    """``text`` cut at line ends into section texts Slack takes (a digest of many events
+    would exceed one section); a line longer than a section is cut, and what does not fit
+    in the blocks is counted in the last one."""
+    parts: list[str] = []
+    current = ""
+    for full in text.splitlines():
+        line = full[: SLACK_SECTION_MAX - 1]
+        if current and len(current) + 1 + len(line) > SLACK_SECTION_MAX:
+            parts.append(current)
+            current = ""
+        current = f"{current}\n{line}" if current else line
+    if current:
+        parts.append(current)
+    if len(parts) > SLACK_BLOCKS_MAX:
+        rest = len(parts) - SLACK_BLOCKS_MAX + 1
+        parts = [*parts[: SLACK_BLOCKS_MAX - 1], f"… ({rest} more sections in the text)"]
+    return parts or [" "]
+
+
 class SlackChannel:
     """Slack's incoming-webhook format: ``text`` (the fallback) and one section block."""
 
@@ -128,8 +164,11 @@ class SlackChannel:
     def body(message: Outgoing) -> bytes:
         return orjson.dumps(
             {
-                "text": message.text,
-                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": message.text}}],
+                "text": message.text[:SLACK_TEXT_MAX],
+                "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": part}}
+                    for part in slack_sections(message.text)
+                ],
             }
         )
 

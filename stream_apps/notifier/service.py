@@ -59,6 +59,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 from api.poison import PoisonRecords
@@ -87,8 +88,15 @@ UPDATE notifications n
    SET next_attempt_at = now() + make_interval(secs => %(lease)s), updated_at = now(),
        claim = %(claim)s
  WHERE n.notification_id IN (
-       SELECT notification_id FROM notifications
+       SELECT notification_id FROM notifications o
         WHERE status IN ('PENDING', 'RETRYING') AND next_attempt_at <= now()
+          -- In order: nothing of a subscription (and purpose) goes out while an earlier
+          -- row of it waits for a retry, a rate limit or another claim's delivery.
+          AND NOT EXISTS (
+              SELECT 1 FROM notifications e
+               WHERE e.subscription_id = o.subscription_id AND e.purpose = o.purpose
+                 AND e.status IN ('PENDING', 'RETRYING')
+                 AND e.notification_id < o.notification_id AND e.next_attempt_at > now())
         ORDER BY next_attempt_at, notification_id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)
@@ -212,8 +220,20 @@ class Notifier:
         self.poison = PoisonRecords(settings.kafka, registry, Stage.NOTIFIER)
         self.http = http or httpx.AsyncClient(timeout=self.n.timeout_s, follow_redirects=False)
         self.channels = channels(self.http, self.n, notifier_mqtt(settings))
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            settings.db.url,
+            min_size=1,
+            max_size=self.n.db_connections,
+            open=False,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            # A connection broken while idle (a database restart) is replaced when taken,
+            # not handed to a delivery that would then wait out its lease.
+            check=AsyncConnectionPool.check_connection,
+            name="notifier",
+        )
         self.wake = asyncio.Event()
-        self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.locks: dict[tuple[int, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self.in_flight: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
 
@@ -226,6 +246,13 @@ class Notifier:
             )
         )
         return conn
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(
+            psycopg.sql.SQL("SET search_path TO {}").format(
+                psycopg.sql.Identifier(self.settings.db.db_schema)
+            )
+        )
 
     async def subscriptions(self, conn: psycopg.AsyncConnection[Any]) -> list[Subscription]:
         async with conn.cursor(row_factory=dict_row) as cur:
@@ -298,6 +325,38 @@ class Notifier:
         self.metrics.routed.inc(len(rows))
         return owed
 
+    async def store(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        pairs: list[tuple[ConsumerRecord[bytes, bytes], AlertEvent]],
+    ) -> int:
+        """The batch's rows, in one transaction; if the database (or routing) refuses the
+        batch for something in it, event by event, and an event refused on its own is
+        poison: dead-lettered with the reason, counted, passed.  An outage is raised."""
+        try:
+            return await self.record(conn, [e for _, e in pairs])
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            log.warning("notifier: a batch was refused (%s); storing event by event", exc)
+        owed = 0
+        for r, e in pairs:
+            try:
+                owed += await self.record(conn, [e])
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise
+                self.poison.report(
+                    "intake",
+                    exc,
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    key=r.key,
+                    value=r.value,
+                )
+        return owed
+
     async def intake(self, stop: asyncio.Event) -> None:
         k = self.settings.kafka
         consumer = AIOKafkaConsumer(
@@ -310,19 +369,23 @@ class Notifier:
         )
         await consumer.start()
         conn: psycopg.AsyncConnection[Any] | None = None
-        events: list[AlertEvent] | None = None  # read, not yet stored (offsets uncommitted)
+        # Read, not yet stored (their offsets uncommitted).
+        pairs: list[tuple[ConsumerRecord[bytes, bytes], AlertEvent]] | None = None
         try:
             while not stop.is_set():
-                if events is None:
+                if pairs is None:
                     batches = await consumer.getmany(timeout_ms=500, max_records=500)
                     if not batches:
                         continue
-                    events = [
-                        e for records in batches.values() for r in records if (e := self.parse(r))
+                    pairs = [
+                        (r, e)
+                        for records in batches.values()
+                        for r in records
+                        if (e := self.parse(r))
                     ]
                 try:
                     conn = conn or await self._connect()
-                    if events and await self.record(conn, events):
+                    if pairs and await self.store(conn, pairs):
                         self.wake.set()
                 except Exception as exc:
                     if not database_unavailable(exc):
@@ -335,7 +398,7 @@ class Notifier:
                     await _pause(stop, self.n.poll_s * 5)
                     continue
                 await consumer.commit()  # after the rows are in the database
-                events = None
+                pairs = None
         finally:
             await consumer.stop()
             await _closed(conn)
@@ -351,10 +414,10 @@ class Notifier:
         if not claimed:
             return 0
         subs = {s.subscription_id: s for s in await self.subscriptions(conn)}
-        groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
         for row in claimed:
-            groups[row["subscription_id"]].append(row)
-        for sid, rows in groups.items():
+            groups[(row["subscription_id"], row["purpose"])].append(row)
+        for (sid, _purpose), rows in groups.items():
             rows.sort(key=lambda r: r["notification_id"])
             task = asyncio.create_task(self._deliver_group(rows, subs.get(sid)))
             self.in_flight.add(task)
@@ -369,57 +432,57 @@ class Notifier:
 
     async def _deliver_group(self, rows: list[dict[str, Any]], sub: Subscription | None) -> None:
         """One subscription's claimed rows, in order, one message at a time."""
-        async with self.locks[rows[0]["subscription_id"]]:
-            conn: psycopg.AsyncConnection[Any] | None = None
+        # An escalation does not wait behind its subscription's hanging main target.
+        async with self.locks[(rows[0]["subscription_id"], rows[0]["purpose"])]:
             try:
-                conn = await self._connect()
-                await self._deliver_rows(conn, rows, sub)
+                await self._deliver_rows(rows, sub)
             except psycopg.Error as exc:
                 # The lease runs out and the rows are claimed again (a message that went
                 # out before this goes again, with its key).
                 log.warning("notifier: the database failed during a delivery (%s)", exc)
-            finally:
-                await _closed(conn)
 
-    async def _deliver_rows(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        rows: list[dict[str, Any]],
-        sub: Subscription | None,
-    ) -> None:
+    def db(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection of the pool, held only for one step: never while a message is on
+        its way, so a hanging endpoint holds no connection another subscription needs."""
+        return self.pool.connection(timeout=self.n.timeout_s)
+
+    async def _deliver_rows(self, rows: list[dict[str, Any]], sub: Subscription | None) -> None:
         if sub is None:
-            gone = "the subscription was disabled or deleted"
-            await self._record(conn, rows, "failed", gone, None)
+            async with self.db() as conn:
+                await self._record(
+                    conn, rows, "failed", "the subscription was disabled or deleted", None
+                )
             return
         alerts = [r for r in rows if r["purpose"] == "alert"]
         for row in rows:
             if row["purpose"] == "escalation":
-                await self._escalate_one(conn, row, sub)
+                await self._escalate_one(row, sub)
         limit = self._limit(sub)
         if limit and alerts:
-            sent, oldest = await self._recent(conn, sub.subscription_id)
-            free = limit - sent
-            if free <= 0:
-                await self._postpone(conn, alerts, oldest)
-                return
+            async with self.db() as conn:
+                sent, oldest = await self._recent(conn, sub)
+                free = limit - sent
+                if free <= 0:
+                    await self._postpone(conn, alerts, oldest)
+                    return
             if len(alerts) > free:
                 for row in alerts[: free - 1]:
-                    await self._send(conn, [row], sub, "alert")
-                await self._send(conn, alerts[free - 1 :], sub, "digest")
+                    await self._send([row], sub, "alert")
+                await self._send(alerts[free - 1 :], sub, "digest")
                 return
         for row in alerts:
-            await self._send(conn, [row], sub, "alert")
+            await self._send([row], sub, "alert")
 
     async def _recent(
-        self, conn: psycopg.AsyncConnection[Any], subscription_id: int
+        self, conn: psycopg.AsyncConnection[Any], sub: Subscription
     ) -> tuple[int, datetime | None]:
-        """Messages sent to the subscription's target in the last minute (a digest is one),
-        and when the oldest of them went."""
+        """Messages sent to the subscription's target in the last minute, by any
+        subscription (a digest is one), and when the oldest of them went."""
         cur = await conn.execute(
             "SELECT count(DISTINCT sent_as), min(sent_time) FROM notifications"
-            " WHERE subscription_id = %s AND status = 'SENT' AND purpose = 'alert'"
+            " WHERE notify_type = %s AND notify_id = %s AND status = 'SENT'"
             " AND sent_time > now() - interval '60 seconds'",
-            (subscription_id,),
+            (sub.notify_type, sub.notify_id),
         )
         row = await cur.fetchone()
         return (int(row[0]), row[1]) if row else (0, None)
@@ -440,50 +503,45 @@ class Notifier:
         )
         self.metrics.postponed.inc(len(rows))
 
-    async def _escalate_one(
-        self, conn: psycopg.AsyncConnection[Any], row: dict[str, Any], sub: Subscription
-    ) -> None:
+    async def _escalate_one(self, row: dict[str, Any], sub: Subscription) -> None:
         """Send an escalation unless its alert was acknowledged or resolved meanwhile."""
-        cur = await conn.execute(
-            "SELECT state, acknowledged_by FROM alerts WHERE alert_id = %s", (row["alert_id"],)
-        )
-        alert = await cur.fetchone()
-        if alert is not None and (alert[0] != "active" or alert[1] is not None):
-            why = (
-                f"acknowledged by {alert[1]} before the escalation went out"
-                if alert[1] is not None
-                else "resolved before the escalation went out"
+        async with self.db() as conn:
+            cur = await conn.execute(
+                "SELECT state, acknowledged_by FROM alerts WHERE alert_id = %s",
+                (row["alert_id"],),
             )
-            await conn.execute(
-                "UPDATE notifications SET status = 'SUPPRESSED', fail_reason = %s,"
-                " updated_at = now() WHERE notification_id = %s AND claim = %s",
-                (why, row["notification_id"], row["claim"]),
-            )
-            self.metrics.suppressed.labels("escalation_moot").inc()
-            return
-        await self._send(conn, [row], sub, "escalation")
+            alert = await cur.fetchone()
+            if alert is not None and (alert[0] != "active" or alert[1] is not None):
+                why = (
+                    f"acknowledged by {alert[1]} before the escalation went out"
+                    if alert[1] is not None
+                    else "resolved before the escalation went out"
+                )
+                await conn.execute(
+                    "UPDATE notifications SET status = 'SUPPRESSED', fail_reason = %s,"
+                    " updated_at = now() WHERE notification_id = %s AND claim = %s",
+                    (why, row["notification_id"], row["claim"]),
+                )
+                self.metrics.suppressed.labels("escalation_moot").inc()
+                return
+        await self._send([row], sub, "escalation")
 
-    async def _send(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        rows: list[dict[str, Any]],
-        sub: Subscription,
-        kind: str,
-    ) -> None:
+    async def _send(self, rows: list[dict[str, Any]], sub: Subscription, kind: str) -> None:
         """Send one message for ``rows`` (one row, or a digest of several) and record it.
 
         The lease is renewed first, for the rows this claim still holds: a row that waited
         longer than the lease behind its subscription's other messages may have been
         claimed again meanwhile, and then it is the new claim's to send."""
-        cur = await conn.execute(
-            _RENEW,
-            {
-                "lease": self.n.lease_s,
-                "ids": [r["notification_id"] for r in rows],
-                "claim": rows[0]["claim"],
-            },
-        )
-        held = {r[0] for r in await cur.fetchall()}
+        async with self.db() as conn:
+            cur = await conn.execute(
+                _RENEW,
+                {
+                    "lease": self.n.lease_s,
+                    "ids": [r["notification_id"] for r in rows],
+                    "claim": rows[0]["claim"],
+                },
+            )
+            held = {r[0] for r in await cur.fetchall()}
         rows = [r for r in rows if r["notification_id"] in held]
         if not rows:
             return
@@ -506,8 +564,10 @@ class Notifier:
                 text = render(events[0], n.language, link)
             states: tuple[tuple[str, dict[str, Any]], ...] = ()
             if first["notify_type"] == "mqtt":
-                states = await self._states(conn, first["notify_id"], events)
-            await channel.send(
+                async with self.db() as conn:
+                    states = await self._states(conn, first["notify_id"], events)
+            await self._within_timeout(
+                channel,
                 Outgoing(
                     key,
                     sub.subscription_id,
@@ -518,19 +578,30 @@ class Notifier:
                     kind=kind,
                     events=tuple(events) if kind == "digest" else (),
                     states=states,
-                )
+                ),
             )
         except Transient as exc:
             outcome, reason = "retrying", str(exc)
         except Permanent as exc:
             outcome, reason = "failed", str(exc)
+        except psycopg.Error:
+            raise  # the database's trouble, not the message's: the lease brings it back
         except Exception as exc:
             outcome, reason = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("notification %s could not be sent", first["notification_id"])
         if outcome == "sent" and kind == "digest":
             self.metrics.digests.inc()
             self.metrics.digested.inc(len(rows))
-        await self._record(conn, rows, outcome, reason, key)
+        async with self.db() as conn:
+            await self._record(conn, rows, outcome, reason, key)
+
+    async def _within_timeout(self, channel: Any, message: Outgoing) -> None:
+        """One attempt, bounded as a whole (not per read: a receiver that answers one byte
+        a second would otherwise hold it past its lease)."""
+        try:
+            await asyncio.wait_for(channel.send(message), self.n.timeout_s)
+        except TimeoutError as exc:
+            raise Transient(f"no answer within {self.n.timeout_s:g}s") from exc
 
     async def _states(
         self, conn: psycopg.AsyncConnection[Any], template: str, events: list[AlertEvent]
@@ -600,10 +671,29 @@ class Notifier:
             return 0
         now = datetime.now(UTC)
         silences = await self.silences(conn, now, now)
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         owed = 0
         for o in overdue:
-            event = AlertEvent.model_validate(o["payload"])
+            try:
+                event = AlertEvent.model_validate(o["payload"])
+            except ValidationError as exc:
+                # A log row no notifier of this version wrote: recorded as a failed
+                # escalation (once), never the end of the delivery loop.
+                rows.append(
+                    (
+                        o["alert_id"],
+                        o["alert_id"],
+                        o["subscription_id"],
+                        o["escalate_type"],
+                        o["escalate_to"],
+                        Jsonb(o["payload"]),
+                        "escalation",
+                        "FAILED",
+                        None,
+                        f"the notification it escalates is unreadable: {exc.errors()[:1]}",
+                    )
+                )
+                continue
             muted = silenced_by(event, silences, now)
             rows.append(
                 (
@@ -662,6 +752,7 @@ class Notifier:
             self.settings.db.db_schema,
             self.n.group_id,
         )
+        await self.pool.open(wait=False)
         try:
             await asyncio.gather(self.intake(stop), self.delivery(stop))
         finally:
@@ -671,6 +762,7 @@ class Notifier:
             mqtt_channel = self.channels.get("mqtt")
             if mqtt_channel is not None:
                 mqtt_channel.close()
+            await self.pool.close()
 
 
 def _muted_reason(silence: Silence) -> str:

@@ -121,6 +121,7 @@ def test_create_list_and_end_a_silence(client: TestClient, db: DatabaseSettings)
         ),
         ({"ends_at": "2099-01-01T00:00:00"}, "time zone"),
         ({"duration_s": 10}, "greater than or equal"),
+        ({"starts_at": "9999-12-31T23:00:00+00:00", "duration_s": 7200}, "9999"),
         ({"duration_s": 600, "threshold_type": "wind"}, ""),
         ({"duration_s": 600, "sensor_id": "x" * 300}, ""),
         ({"duration_s": 600, "reason": ""}, ""),

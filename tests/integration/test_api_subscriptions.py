@@ -232,6 +232,8 @@ def test_escalation_rate_limit_and_mqtt_targets(client: TestClient) -> None:
     bad_fields: list[dict[str, object]] = [
         {"escalate_after_s": 900},  # without a target
         {"escalate_type": "email", "escalate_to": "nobody"},  # not an address
+        {"escalate_type": "email", "escalate_to": "a@b.example\r\nBcc: x@y.example"},
+        {"escalate_type": "email", "escalate_to": "a@b.example, c@d.example"},
         {"escalate_type": "sms", "escalate_to": "010"},  # no such escalation channel
         {"escalate_after_s": 10},  # under a minute
         {"max_per_minute": -1},
@@ -247,3 +249,35 @@ def test_escalation_rate_limit_and_mqtt_targets(client: TestClient) -> None:
         )
         assert r.status_code == 422, (bad, r.text)
         assert r.json()["error"]["message"], bad
+
+
+def test_viewers_see_where_a_webhook_goes_but_not_the_url_that_lets_one_post(
+    client: TestClient, db: DatabaseSettings
+) -> None:
+    """A Slack incoming-webhook URL is the credential itself: viewers get scheme and host,
+    operators the whole URL, in subscriptions and in the notification log alike."""
+    url = "https://hooks.slack.com/services/T000/B000/SECRETPART"
+    body = {
+        **BODY,
+        "notify_type": "slack",
+        "notify_id": url,
+        "escalate_after_s": 900,
+        "escalate_type": "webhook",
+        "escalate_to": "https://user:pw@ops.example/hook?token=abc",
+    }
+    sid = client.post(URL, json=body, headers=OPERATOR).json()["subscription_id"]
+    seen = client.get(f"{URL}{sid}").json()
+    assert seen["notify_id"] == "https://hooks.slack.com/…"
+    assert seen["escalate_to"] == "https://ops.example/…"
+    assert "SECRETPART" not in client.get(URL).text and "token=abc" not in client.get(URL).text
+    assert client.get(f"{URL}{sid}", headers=OPERATOR).json()["notify_id"] == url
+    with psycopg.connect(db.url) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        conn.execute(
+            "INSERT INTO notifications (alert_id, event_id, subscription_id, notify_type,"
+            " notify_id) VALUES (%s, %s, %s, 'slack', %s)",
+            (uuid4(), uuid4(), sid, url),
+        )
+    for path in ("/api/v1/notifications/", "/api/v1/notifications/pending"):
+        assert [n["notify_id"] for n in client.get(path).json()] == ["https://hooks.slack.com/…"]
+        assert client.get(path, headers=OPERATOR).json()[0]["notify_id"] == url

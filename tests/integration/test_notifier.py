@@ -5,6 +5,7 @@ retries into the delivery log, a hanging endpoint that delays nobody else, and e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import threading
@@ -45,7 +46,8 @@ class Received:
 class Receivers:
     """One local HTTP server: ``/ok`` (and any other path) answers 200, ``/flaky`` 503
     three times then 200, ``/hang`` holds the request for 20 s, ``/gone`` 404, ``/slow``
-    200 after 50 ms."""
+    200 after 50 ms, ``/drip`` its status line one byte a second, ``/endless500`` a 500
+    whose body goes on for 13 GB."""
 
     def __init__(self) -> None:
         self.got: list[Received] = []
@@ -71,6 +73,22 @@ class Receivers:
                     status = 404
                 elif self.path == "/slow":
                     time.sleep(0.05)
+                elif self.path == "/drip":  # the status line, one byte a second
+                    with contextlib.suppress(OSError):
+                        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(1)
+                    self.close_connection = True
+                    return
+                elif self.path == "/endless500":  # a 500 whose answer never ends
+                    with contextlib.suppress(OSError):
+                        self.send_response(500)
+                        self.end_headers()
+                        for _ in range(200_000):
+                            self.wfile.write(b"x" * 65536)
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(status)
                     self.end_headers()

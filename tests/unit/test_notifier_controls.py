@@ -20,12 +20,17 @@ from schemas.alerts import (
 from schemas.common import Status
 from stream_apps.notifier.channels import (
     DIGEST_LINES,
+    SLACK_BLOCKS_MAX,
+    SLACK_SECTION_MAX,
+    Outgoing,
+    SlackChannel,
     fill_link,
     fill_topic,
     location_state,
     render,
     render_digest,
     render_escalation,
+    slack_sections,
 )
 from stream_apps.notifier.routing import Silence, silenced_by
 from tests.unit.test_notifier_routing import event
@@ -194,3 +199,23 @@ def test_a_link_can_point_at_the_alerts_location() -> None:
         "https://board.example/#/location/A%201%2F2?f=%EC%8B%A0%ED%8F%89&x={other}"
     )
     assert fill_link("https://board.example/", e) == "https://board.example/"
+
+
+@given(lines=st.lists(st.text(max_size=4000).map(lambda t: t.replace("\n", " ")), max_size=120))
+def test_slack_sections_always_fit_slacks_limits(lines: list[str]) -> None:
+    """A digest of many events, or one absurdly long line, still makes a message Slack
+    takes: every section within 3,000 characters, at most 50 blocks."""
+    parts = slack_sections("\n".join(lines))
+    assert 1 <= len(parts) <= SLACK_BLOCKS_MAX
+    assert all(1 <= len(p) <= SLACK_SECTION_MAX for p in parts)
+
+
+def test_a_long_slack_digest_is_split_into_sections_in_order() -> None:
+    events = [event(sensor_id=f"TEMPIOT-A{n:03d}", loc_id=f"A{n:03d}") for n in range(60)]
+    text = render_digest(events, "ko")
+    message = Outgoing("k", 1, "https://hooks.example/x", None, events[-1], text, kind="digest")
+    import orjson  # noqa: PLC0415
+
+    doc = orjson.loads(SlackChannel.body(message))
+    sections = [b["text"]["text"] for b in doc["blocks"]]
+    assert len(sections) > 1 and "\n".join(sections) == text
