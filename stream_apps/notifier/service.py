@@ -440,6 +440,10 @@ class Notifier:
                 # The lease runs out and the rows are claimed again (a message that went
                 # out before this goes again, with its key).
                 log.warning("notifier: the database failed during a delivery (%s)", exc)
+            finally:
+                # The subscription's next rows were waiting in line behind these: claim now,
+                # not at the next poll.
+                self.wake.set()
 
     def db(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A connection of the pool, held only for one step: never while a message is on
@@ -728,6 +732,9 @@ class Notifier:
                     if time.monotonic() - checked >= self.n.escalation_check_s:
                         await self.escalate(conn)
                         checked = time.monotonic()
+                    # Cleared before looking, so a wake-up (new rows, a subscription's
+                    # line moving on) that comes while we look is not lost.
+                    self.wake.clear()
                     claimed = await self.deliver_due(conn)
                 except Exception as exc:
                     if not database_unavailable(exc):
@@ -739,7 +746,6 @@ class Notifier:
                     continue
                 if claimed:
                     continue
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.n.poll_s)
         finally:

@@ -59,6 +59,9 @@ ALTER TABLE notifications
         event_id::text || ':' || subscription_id::text
         || CASE WHEN purpose = 'alert' THEN '' ELSE ':' || purpose END) STORED,
     ADD CONSTRAINT notifications_once UNIQUE (event_id, subscription_id, purpose);
--- What the rate limit counts: the messages sent to a subscription in the last minute.
-CREATE INDEX notifications_sent_idx ON notifications (subscription_id, sent_time)
+-- What the rate limit counts: the messages sent to a target in the last minute.
+CREATE INDEX notifications_sent_idx ON notifications (notify_type, notify_id, sent_time)
     WHERE status = 'SENT';
+-- The line a claim respects: a subscription's owed rows, in order.
+CREATE INDEX notifications_line_idx ON notifications (subscription_id, purpose, notification_id)
+    WHERE status IN ('PENDING', 'RETRYING');
