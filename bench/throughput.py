@@ -4,8 +4,11 @@
 
 For each run, the readings are first produced to the raw topic of a fresh topic prefix (as
 gateways would: one JSON object per record, keyed by sensor), then the pipeline is started
-and timed until the database holds every reading *and* the hourly aggregates count every
-reading (zero loss is checked, not assumed):
+and timed until the database holds every reading, the hourly aggregates count every
+reading *and* ``alert_events`` holds every alert event the readings decide (one sensor in
+ten stays hot past the thresholds' hold time and cools again, see :func:`payloads`; the
+events due are counted beforehand with the pipeline's own lifecycle functions, and the
+stored events and alerts are checked against them; zero loss is checked, not assumed):
 
 * ``pipeline, N worker(s)``: ``iotmon ingest`` -> ``iotmon worker`` x N -> ``iotmon sink``
   (readings, aggregates, latest, alerts), all as separate processes.
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -45,13 +49,16 @@ from iotmon.settings import KafkaSettings, Settings
 from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.kafka import make_producer
 from producers.masterdata import import_master_data
-from producers.simulator import build_plant, master_data
-from producers.thresholds import import_thresholds, load_thresholds_file
+from producers.simulator import SimSensor, build_plant, master_data
+from producers.thresholds import import_thresholds, load_thresholds_file, validate_rows
+from schemas.alerts import AlertTransition
 from schemas.common import Metric, Status
+from schemas.master import SensorRecord
 from schemas.readings import Reading
 from schemas.topics import topic_name
 from stream_apps.common.directory import SensorDirectory, ThresholdDirectory
 from stream_apps.ingest.validate import Accepted, Limits, validate_payload
+from stream_apps.processing.lifecycle import MetricAlertState, Subject, step
 from stream_apps.processing.rules import ThresholdIndex
 from stream_apps.processing.windows import local_hour
 
@@ -87,6 +94,7 @@ class Run:
         plant = build_plant(sensors, seed=7)
         import_master_data(self.db, self.kafka, master_data(plant))
         import_thresholds(self.db, self.kafka, load_thresholds_file(THRESHOLDS))
+        self.plant = plant
         self.sensor_ids = [s.sensor_id for s in plant]
 
     def scalar(self, query: str) -> Any:
@@ -105,17 +113,32 @@ class Run:
             )
 
 
+ALERTING_EVERY = 10  # one sensor in ten stays hot long enough to raise alerts
+HOT_STEPS, CYCLE_STEPS = 10, 24  # its readings: 100 s hot, then 140 s cool, and again
+
+
 def payloads(sensor_ids: list[str], count: int, end: datetime) -> list[tuple[bytes, bytes]]:
     """``count`` readings, round-robin over the sensors, 10 s apart per sensor, the last
-    ending at ``end``; values swing through the example thresholds so alerts happen."""
+    ending at ``end``.
+
+    Most sensors' values climb through the example thresholds and fall back every 140 s:
+    every reading is evaluated, but none stays in a band for the example's 60 s hold (at
+    most six readings, 50 s, in a row), so they raise nothing.  One sensor in ten
+    (``ALERTING_EVERY``) reads 36-37 °C for ten readings (100 s, longer than the hold) and
+    26 °C for the next fourteen (140 s, longer than the clear time), so it raises and
+    resolves a temperature and a perceived-temperature alert in every such cycle."""
     per_sensor = -(-count // len(sensor_ids))
     start = end - timedelta(seconds=10 * per_sensor)
     out = []
     for i in range(count):
-        sensor = sensor_ids[i % len(sensor_ids)]
+        n = i % len(sensor_ids)
+        sensor = sensor_ids[n]
         step = i // len(sensor_ids)
         when = start + timedelta(seconds=10 * step, milliseconds=i % 997)
-        t = 24.0 + 10.0 * ((step * 7 + i) % 100) / 100.0
+        if n % ALERTING_EVERY == 0:
+            t = 36.0 + 0.5 * (step % 3) if step % CYCLE_STEPS < HOT_STEPS else 26.0
+        else:
+            t = 24.0 + 10.0 * ((step * 7 + i) % 100) / 100.0
         body = {
             "sensor_id": sensor,
             "capture_dt": when.isoformat().replace("+00:00", "Z"),
@@ -124,6 +147,53 @@ def payloads(sensor_ids: list[str], count: int, end: datetime) -> list[tuple[byt
         }
         out.append((sensor.encode(), orjson.dumps(body)))
     return out
+
+
+def expected_alerts(
+    plant: tuple[SimSensor, ...], records: list[tuple[bytes, bytes]]
+) -> Counter[str]:
+    """The alert events the pipeline must store for ``records``, by transition (and
+    ``alerts``: the alerts raised), decided with the pipeline's own validation, bands and
+    alert lifecycle.  Alerts are decided by capture times alone, and each sensor's readings
+    are in order, so this count is exact, whatever the timing of the run."""
+    now = datetime.now(UTC)
+    directory = {
+        s.sensor_id: SensorRecord(sensor=s.sensor, location=s.location, updated_at=now)
+        for s in plant
+    }
+    bands = validate_rows(load_thresholds_file(THRESHOLDS))
+    index = ThresholdIndex(b.model_copy(update={"threshold_id": n}) for n, b in enumerate(bands))
+    states: dict[tuple[str, str], MetricAlertState] = {}
+    counts: Counter[str] = Counter()
+    for key, value in records:
+        for result, _ in validate_payload(
+            value,
+            key_sensor_id=key.decode(),
+            lookup=directory.get,
+            limits=Limits(),
+            now=now,
+            source="kafka",
+            received_at=now,
+        ):
+            if not isinstance(result, Accepted):
+                continue
+            r = result.reading
+            record = directory[r.sensor_id]
+            for metric, band_set in zip(METRICS, index.band_sets(record.location), strict=True):
+                reading_value = getattr(r, metric)
+                state = states.setdefault((r.sensor_id, metric), MetricAlertState())
+                for event in step(
+                    state,
+                    Subject(r.sensor_id, r.loc_id, metric),
+                    band_set.evaluate(reading_value),
+                    reading_value,
+                    r.capture_dt,
+                    now,
+                ):
+                    counts[event.transition.value] += 1
+                    counts["events"] += 1
+                    counts["alerts"] += event.transition is AlertTransition.RAISED
+    return counts
 
 
 def produce(kafka: KafkaSettings, records: list[tuple[bytes, bytes]]) -> float:
@@ -144,22 +214,28 @@ def produce(kafka: KafkaSettings, records: list[tuple[bytes, bytes]]) -> float:
 
 
 def wait_done(
-    run: Run, expected: int, timeout_s: float, procs: list[subprocess.Popen[bytes]]
+    run: Run,
+    expected: int,
+    expected_events: int,
+    timeout_s: float,
+    procs: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
-    """Poll until every reading is in ``readings`` and counted by ``hourly_aggregates``."""
+    """Poll until every reading is in ``readings`` and counted by ``hourly_aggregates``,
+    and every alert event the readings decide is in ``alert_events``."""
     started = time.perf_counter()
     first_seen: float | None = None
-    readings = counted = 0
+    readings = counted = events = 0
     while time.perf_counter() - started < timeout_s:
         for p in procs:
             if p.poll() is not None:
                 raise RuntimeError(f"a pipeline process exited with {p.returncode}")
         readings = run.scalar("SELECT count(*) FROM readings")
         counted = run.scalar("SELECT coalesce(sum(temperature_count), 0) FROM hourly_aggregates")
+        events = run.scalar("SELECT count(*) FROM alert_events")
         now = time.perf_counter()
         if first_seen is None and readings > 0:
             first_seen = now
-        if readings >= expected and counted >= expected:
+        if readings >= expected and counted >= expected and events >= expected_events:
             break
         time.sleep(0.25)
     done = time.perf_counter()
@@ -181,9 +257,9 @@ def run_pipeline(
 ) -> dict[str, Any]:
     run = Run(base, f"pipeline, {workers} worker(s)", sensors)
     try:
-        produce(
-            run.kafka, payloads(run.sensor_ids, count, datetime.now(UTC) - timedelta(minutes=1))
-        )
+        records = payloads(run.sensor_ids, count, datetime.now(UTC) - timedelta(minutes=1))
+        want = expected_alerts(run.plant, records)
+        produce(run.kafka, records)
         env = {
             **os.environ,
             "IOTMON_KAFKA__TOPIC_PREFIX": run.kafka.topic_prefix,
@@ -222,7 +298,7 @@ def run_pipeline(
             start(f"worker{n}", "worker", IOTMON_WORKER__WEB_PORT=str(16066 + n))
         start("ingest", "ingest")
         try:
-            result = wait_done(run, count, 900, procs)
+            result = wait_done(run, count, want["events"], 900, procs)
         finally:
             for p in procs:
                 p.terminate()
@@ -231,7 +307,15 @@ def run_pipeline(
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        result["alerts"] = run.scalar("SELECT count(*) FROM alerts")
+        # Checked: each alert event the readings decide stored once, and each alert.
+        events = run.scalar("SELECT count(*) FROM alert_events")
+        alerts = run.scalar("SELECT count(*) FROM alerts")
+        result["alert_events"] = f"{events} of {want['events']}"
+        result["alerts"] = f"{alerts} of {want['alerts']}"
+        result["alerts_ok"] = events == want["events"] and alerts == want["alerts"]
+        result["expected_transitions"] = {
+            t.value: want[t.value] for t in AlertTransition if want[t.value]
+        }
         return {"run": run.label, **result}
     finally:
         run.drop()
@@ -371,6 +455,7 @@ def run_plain(base: Settings, count: int, sensors: int) -> dict[str, Any]:
             "aggregated": int(counted),
             "wall_s": round(done - started, 2),
             "sustained_s": round(done - (first_seen or started), 2),
+            "alert_events": "",
             "alerts": f"({loop.flagged} readings over a threshold; no alert lifecycle)",
         }
     finally:
@@ -428,6 +513,7 @@ def run_batch_sql(base: Settings, count: int, sensors: int) -> dict[str, Any]:
             "aggregated": int(counted),
             "wall_s": round(done - started, 2),
             "sustained_s": round(done - started, 2),
+            "alert_events": "",
             "alerts": "none (the original never evaluated thresholds)",
             "load_s": round(loaded - started, 2),
             "batch_sql_s": round(done - loaded, 2),
@@ -458,7 +544,11 @@ def main() -> None:
         row["readings_per_s"] = round(rate)
         row["ratio_to_a"] = round(rate / ceiling, 2)
         row["zero_loss"] = (
-            "yes" if row["stored"] >= args.readings and row["aggregated"] >= args.readings else "NO"
+            "yes"
+            if row["stored"] >= args.readings
+            and row["aggregated"] >= args.readings
+            and row.get("alerts_ok", True)
+            else "NO"
         )
     write_results(
         "throughput",
@@ -472,6 +562,7 @@ def main() -> None:
             "stored",
             "aggregated",
             "zero_loss",
+            "alert_events",
             "alerts",
         ],
         extra={
