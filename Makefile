@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 IOTMON := $(BIN)/iotmon
 
-.PHONY: install system-deps timescaledb up down status test test-plain test-unit check demo clean bench-tools bench bench-api bench-throughput
+.PHONY: install system-deps timescaledb dashboard up down status test test-plain test-unit check demo clean bench-tools bench bench-api bench-throughput bench-notify
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,18 @@ timescaledb: $(BIN)/.installed
 system-deps:
 	bash infra/scripts/install-system-deps.sh
 
-install: system-deps $(BIN)/.installed timescaledb
+# The dashboard's chart library: installed from the npm registry exactly as package-lock.json
+# pins it (`npm ci`), then copied into the directory the API serves (docs/dashboard.md).
+DASHBOARD_VENDOR := api/dashboard/vendor/chart.umd.min.js
+$(DASHBOARD_VENDOR): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	mkdir -p $(dir $@)
+	cp node_modules/chart.js/dist/chart.umd.min.js $@
+	cp node_modules/chart.js/LICENSE.md $(dir $@)chart.js-LICENSE.md
+
+dashboard: $(DASHBOARD_VENDOR)
+
+install: system-deps $(BIN)/.installed timescaledb dashboard
 
 up: install
 	$(IOTMON) stack up
@@ -83,6 +94,9 @@ bench-api: up bench-tools
 bench-throughput: up bench-tools
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
+bench-notify: up bench-tools
+	$(BIN)/python -m bench.notify $(BENCH_ARGS)
+
 bench: up bench-tools
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.latency
@@ -91,4 +105,6 @@ bench: up bench-tools
 	$(BIN)/python -m bench.recovery
 	$(BIN)/python -m bench.burst
 	$(BIN)/python -m bench.api_load --reuse
+	$(BIN)/python -m bench.dashboard
+	$(BIN)/python -m bench.notify
 	$(BIN)/python -m bench.state_size

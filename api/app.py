@@ -22,6 +22,7 @@ from api.poison import PoisonRecords
 from api.routers import (
     aggregation,
     alerts,
+    dashboard,
     health,
     location,
     realtime,
@@ -124,4 +125,5 @@ def create_app(settings: Settings, *, settle: bool = False) -> FastAPI:
         (stream.router, errors.responses(429)),
     ):
         app.include_router(router, prefix="/api/v1", responses={**errors.COMMON, **extra})
+    dashboard.install(app)  # the web UI at /, last: its static mount takes /dashboard/*
     return app

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -116,6 +117,31 @@ def stop_children(children: list[Child]) -> None:
             child.proc.wait(40)
         except subprocess.TimeoutExpired:
             child.proc.kill()
+
+
+def keep_serving(settings: Settings, api: list[Child], wait: bool) -> None:
+    """Leave the API (and with it the dashboard) up after the simulation, showing what it
+    did, until Ctrl-C or until the stack is stopped (`make down`); then stop it."""
+    host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    try:
+        if wait and all(c.proc.poll() is None for c in api):
+            log.info(
+                "dashboard still on http://%s:%d/ ; press Ctrl-C to stop the demo",
+                settings.api.host,
+                settings.api.port,
+            )
+            misses = 0
+            while misses < 3 and all(c.proc.poll() is None for c in api):
+                time.sleep(2)
+                try:
+                    socket.create_connection((host, int(port)), timeout=2).close()
+                    misses = 0
+                except OSError:
+                    misses += 1  # the stack is going down
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_children(api)
 
 
 def topic_counts(settings: Settings, ids: list[TopicId]) -> dict[str, int]:
@@ -401,6 +427,11 @@ def _report(headline: str, got: list[Delivery]) -> None:
 
 def run_demo(settings: Settings, simulate_args: list[str]) -> int:
     """Run the demo; returns the simulator's exit code."""
+    log.info(
+        "dashboard: http://%s:%d/ (stays up after the simulation until Ctrl-C or `make down`)",
+        settings.api.host,
+        settings.api.port,
+    )
     with demo_receivers(secrets.token_urlsafe(24)) as (webhook, smtp):
         ids = ensure_subscriptions(settings.db, demo_subscriptions(webhook))
         try:
@@ -438,6 +469,7 @@ def _run_pipeline(
     smtp: SmtpSink,
 ) -> int:
     children = start_children(settings, env)
+    interrupted = False
     try:
         time.sleep(3)  # let the bridge subscribe before gateways publish
         for child in children:
@@ -449,12 +481,13 @@ def _run_pipeline(
             simulate_args = ["--gateway", DEMO_GATEWAY, *simulate_args]
         return subprocess.call(_iotmon("simulate", *simulate_args))
     except KeyboardInterrupt:
+        interrupted = True
         return 130
     finally:
         time.sleep(5)  # let the last readings through the pipeline
         # The pipeline first; the notifier then sends what it still owes (digests included).
         notifier = [c for c in children if c.name == "notifier"]
-        stop_children([c for c in children if c.name != "notifier"])
+        stop_children([c for c in children if c.name not in ("notifier", "api")])
         if all(c.proc.poll() is None for c in notifier):
             wait_for_deliveries(settings.db, after_id, subscription_ids, DELIVERY_WAIT_S)
         stop_children(notifier)
@@ -471,3 +504,4 @@ def _run_pipeline(
             notifications_since(settings.db, after_id),
             messages_since(settings.db, after_id),
         )
+        keep_serving(settings, [c for c in children if c.name == "api"], wait=not interrupted)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the machine packages the local stack needs (Debian/Ubuntu): Java 17+ and Maven for
-# Apache Kafka, the PostgreSQL server, Mosquitto, and what building TimescaleDB from its source
-# release needs when the server has no TimescaleDB (cmake, a C compiler, OpenSSL headers and
-# postgresql-server-dev-<major>).  Only what is missing is installed.
+# Apache Kafka, the PostgreSQL server, Mosquitto, npm and Chromium (with Korean fonts) for the
+# dashboard, and what building TimescaleDB from its source release needs when the server has
+# no TimescaleDB (cmake, a C compiler, OpenSSL headers and postgresql-server-dev-<major>).
+# Only what is missing is installed.
 set -euo pipefail
 
 missing=()
@@ -15,6 +16,10 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   missing+=(mosquitto)
 fi
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+# The dashboard: npm installs its chart library (`make dashboard`); its browser tests drive
+# headless Chromium.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-noto-cjk)
 
 install() {
   echo "system packages: installing $*"

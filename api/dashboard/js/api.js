@@ -1,0 +1,78 @@
+// The API, as any client calls it.  The bearer token lives in sessionStorage (gone when the
+// tab closes) and is sent only in the Authorization header, never in a URL.
+
+const TOKEN_KEY = 'iotmon.token';
+
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(value) {
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  window.dispatchEvent(new CustomEvent('iotmon:token'));
+}
+
+export class ApiError extends Error {
+  constructor(status, message, details) {
+    super(message);
+    this.status = status;
+    this.details = details;
+  }
+}
+
+/** JSON from the API; ApiError with the API's own message for a 4xx/5xx. */
+export async function api(path, { method = 'GET', body, signal } = {}) {
+  const headers = { Accept: 'application/json' };
+  const bearer = token();
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+      credentials: 'omit',
+    });
+  } catch (err) {
+    if (err.name === 'AbortError') throw err;
+    throw new ApiError(0, err.message || 'network error');
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = data && data.error ? data.error : {};
+    throw new ApiError(response.status, error.message || response.statusText, error.details);
+  }
+  return data;
+}
+
+/** The API's message, with each field error it lists ("body.max_value: ..."). */
+export function errorText(err) {
+  if (!(err instanceof ApiError)) return String(err && err.message ? err.message : err);
+  const lines = [err.message];
+  if (Array.isArray(err.details)) {
+    for (const d of err.details) {
+      const where = Array.isArray(d.loc) ? d.loc.join('.') : '';
+      if (d.msg && !err.message.includes(d.msg)) lines.push(where ? `${where}: ${d.msg}` : d.msg);
+    }
+  }
+  return lines.join(' — ');
+}
+
+/** Query string of the non-empty values. */
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== null && v !== undefined && v !== '') q.set(k, String(v));
+  }
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}

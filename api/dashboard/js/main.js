@@ -1,0 +1,108 @@
+// Start-up and the hash router: #/board, #/location/<loc_id>, #/alerts, #/thresholds.
+import { setToken, token } from './api.js';
+import { askLogin } from './login.js';
+import { lang, setLang, t, translateStatic } from './i18n.js';
+import {
+  loadActiveAlerts, loadConfig, loadLocations, loadRealtime, on, startLive, store,
+} from './store.js';
+import { renderBoard } from './board.js';
+import { renderLocation } from './location.js';
+import { renderAlerts } from './alerts.js';
+import { renderThresholds } from './thresholds.js';
+import { el, fill, message } from './dom.js';
+
+const main = document.getElementById('main');
+let cleanup = null;
+
+function parseHash() {
+  const raw = window.location.hash.replace(/^#\/?/, '');
+  const [path, search] = raw.split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  return { name: parts[0] || 'board', args: parts.slice(1), params: new URLSearchParams(search || '') };
+}
+
+const VIEWS = {
+  board: renderBoard,
+  location: renderLocation,
+  alerts: renderAlerts,
+  thresholds: renderThresholds,
+};
+
+function route() {
+  if (cleanup) cleanup();
+  cleanup = null;
+  const { name, args, params } = parseHash();
+  const view = VIEWS[name] || renderBoard;
+  for (const link of document.querySelectorAll('#nav a')) {
+    if (link.dataset.route === name) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  main.replaceChildren();
+  try {
+    cleanup = view(main, args, params) || null;
+  } catch (err) {
+    fill(main, message('error', String(err)));
+  }
+}
+
+function showLive() {
+  const node = document.getElementById('live');
+  const states = Object.values(store.live);
+  const state = states.every((s) => s === 'open') ? 'open'
+    : states.includes('retrying') ? 'retrying' : states.includes('closed') ? 'closed' : 'connecting';
+  node.className = `live live-${state}`;
+  node.textContent = t(`live.${state}`);
+}
+
+function showLogin() {
+  const button = document.getElementById('login-button');
+  const who = document.getElementById('who');
+  button.textContent = token() ? t('logout') : t('login');
+  who.textContent = token() ? t('login.signed') : '';
+}
+
+async function boot() {
+  const picker = document.getElementById('lang');
+  picker.value = lang();
+  translateStatic();
+  picker.addEventListener('change', () => setLang(picker.value));
+  document.getElementById('skip').addEventListener('click', () => main.focus());
+  document.getElementById('login-button').addEventListener('click', async () => {
+    if (token()) setToken(null);
+    else await askLogin();
+  });
+  window.addEventListener('iotmon:token', () => { showLogin(); loadActiveAlerts().catch(() => {}); });
+  window.addEventListener('iotmon:lang', () => { showLogin(); showLive(); route(); });
+  on('live', showLive);
+  showLogin();
+  showLive();
+  fill(main, el('p', { class: 'loading', text: t('loading') }));
+  await loadConfig();
+  // The live streams open while the first answers are fetched and shown; once they are open,
+  // the current values and alerts are asked for again, so that whatever happened between
+  // the first answers and the streams' start is not missed (the newer value always wins).
+  const live = startLive();
+  try {
+    await Promise.all([loadLocations(), loadRealtime(), loadActiveAlerts()]);
+    performance.mark('data-loaded');
+  } catch (err) {
+    fill(main, message('error', `${t('error.load')}: ${err.message}`));
+    if (err.status === 401 || err.status === 403) {
+      // This deployment closes reads: sign in, then start again with the token.
+      main.append(el('button', {
+        type: 'button', class: 'button primary', text: t('login'),
+        onclick: async () => { if (await askLogin()) window.location.reload(); },
+      }));
+    }
+    return;
+  }
+  live.then(() => {
+    performance.mark('live-open');
+    loadRealtime().catch(() => {});
+    loadActiveAlerts().catch(() => {});
+  });
+  window.addEventListener('hashchange', route);
+  route();
+}
+
+boot();
