@@ -26,12 +26,11 @@ DEFAULT_TRANSITIONS = ("raised", "escalated", "resolved")
 SCOPE = ("plant", "factory", "building", "floor", "area")
 
 
-@dataclass(frozen=True)
-class Subscription:
-    subscription_id: int
-    subscriber: str
-    notify_type: str
-    notify_id: str
+@dataclass(frozen=True, kw_only=True)
+class Scope:
+    """Where (and, for threshold alerts, which metric): every field set must equal the
+    event's, None matches anything."""
+
     plant: str | None = None
     factory: str | None = None
     building: str | None = None
@@ -39,6 +38,23 @@ class Subscription:
     area: str | None = None
     sensor_id: str | None = None
     threshold_type: str | None = None
+
+    def covers(self, event: AlertEvent) -> bool:
+        """The place only (the metric is the caller's: it treats silent sensors apart)."""
+        if self.sensor_id is not None and self.sensor_id != event.sensor_id:
+            return False
+        return all(
+            getattr(self, name) is None or getattr(self, name) == getattr(event, name)
+            for name in SCOPE
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscription(Scope):
+    subscription_id: int
+    subscriber: str
+    notify_type: str
+    notify_id: str
     min_level: str = "warning"
     enabled: bool = True
     transitions: tuple[str, ...] = DEFAULT_TRANSITIONS
@@ -66,12 +82,8 @@ def matches(sub: Subscription, event: AlertEvent) -> bool:
             return False
     elif sub.threshold_type is not None and sub.threshold_type != event.metric:
         return False
-    if sub.sensor_id is not None and sub.sensor_id != event.sensor_id:
+    if not sub.covers(event):
         return False
-    for name in SCOPE:
-        wanted = getattr(sub, name)
-        if wanted is not None and wanted != getattr(event, name):
-            return False
     return LEVEL_RANK.get(event.level, 0) >= LEVEL_RANK[Status(sub.min_level)]
 
 
@@ -80,20 +92,13 @@ def route(event: AlertEvent, subscriptions: Iterable[Subscription]) -> list[Subs
     return [s for s in subscriptions if matches(s, event)]
 
 
-@dataclass(frozen=True)
-class Silence:
+@dataclass(frozen=True, kw_only=True)
+class Silence(Scope):
     silence_id: int
     starts_at: datetime
     ends_at: datetime
     reason: str
     created_by: str = ""
-    plant: str | None = None
-    factory: str | None = None
-    building: str | None = None
-    floor: int | None = None
-    area: str | None = None
-    sensor_id: str | None = None
-    threshold_type: str | None = None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Silence:
@@ -108,12 +113,7 @@ class Silence:
             return False
         if self.threshold_type is not None and self.threshold_type != event.metric:
             return False
-        if self.sensor_id is not None and self.sensor_id != event.sensor_id:
-            return False
-        return all(
-            getattr(self, name) is None or getattr(self, name) == getattr(event, name)
-            for name in SCOPE
-        )
+        return self.covers(event)
 
 
 def silenced_by(

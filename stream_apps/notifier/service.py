@@ -277,16 +277,20 @@ class Notifier:
         try:
             return AlertEvent.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            self.poison.report(
-                "intake",
-                exc,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value,
-            )
+            self._poisoned(record, exc)
             return None
+
+    def _poisoned(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+        """Count, log and dead-letter a record of the alerts topic intake cannot handle."""
+        self.poison.report(
+            "intake",
+            exc,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+        )
 
     async def record(self, conn: psycopg.AsyncConnection[Any], events: list[AlertEvent]) -> int:
         """One row per (event, matching subscription), once: ``PENDING``, or
@@ -346,15 +350,7 @@ class Notifier:
             except Exception as exc:
                 if database_unavailable(exc):
                     raise
-                self.poison.report(
-                    "intake",
-                    exc,
-                    topic=r.topic,
-                    partition=r.partition,
-                    offset=r.offset,
-                    key=r.key,
-                    value=r.value,
-                )
+                self._poisoned(r, exc)
         return owed
 
     async def intake(self, stop: asyncio.Event) -> None:
