@@ -224,6 +224,10 @@ def render(
     """The text of a notification in Korean (``ko``) or English (``en``)."""
     lang = "en" if language == "en" else "ko"
     level = _LEVEL[lang].get(event.level.value, event.level.value)
+    if event.transition.value == "resolved":
+        # Over: the tag says so first, the level it had after it (a reader must not take
+        # a value back under the band for a critical one).
+        level = f"해제 · 이전 {level}" if lang == "ko" else f"RESOLVED · was {level}"
     when = event.decided_at.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
     transition = _TRANSITION[lang].get(event.transition.value, event.transition.value)
     place = _place(event, lang)

@@ -281,3 +281,24 @@ def test_viewers_see_where_a_webhook_goes_but_not_the_url_that_lets_one_post(
     for path in ("/api/v1/notifications/", "/api/v1/notifications/pending"):
         assert [n["notify_id"] for n in client.get(path).json()] == ["https://hooks.slack.com/…"]
         assert client.get(path, headers=OPERATOR).json()[0]["notify_id"] == url
+
+
+def test_a_stored_row_the_input_rules_would_refuse_is_still_listed(
+    client: TestClient, db: DatabaseSettings
+) -> None:
+    """The demo stores a Slack subscription to its local plain-http endpoint; rules for
+    writes must not turn reading such a row into a 500."""
+    with psycopg.connect(db.url) as conn:
+        conn.execute(f'SET search_path TO "{db.db_schema}"')
+        conn.execute(
+            "INSERT INTO alert_subscriptions (subscriber, notify_type, notify_id)"
+            " VALUES ('demo', 'slack', 'http://127.0.0.1:9/slack')"
+        )
+    listed = client.get(URL, headers=OPERATOR)
+    assert listed.status_code == 200, listed.text
+    [row] = listed.json()
+    assert row["notify_id"] == "http://127.0.0.1:9/slack"
+    assert client.get(f"{URL}{row['subscription_id']}").status_code == 200
+    # Changing it is a write: the rule applies, with a message.
+    r = client.put(f"{URL}{row['subscription_id']}", json={"enabled": True}, headers=OPERATOR)
+    assert r.status_code == 422 and "https://" in r.json()["error"]["message"]

@@ -32,6 +32,7 @@ from iotmon.settings import (
     KafkaSettings,
     MqttSettings,
     Settings,
+    notifier_mqtt,
 )
 from iotmon.stack import Stack
 from producers.kafka import make_producer
@@ -406,6 +407,17 @@ def test_mqtt_boards_see_the_retained_state_of_each_location(
         forger.loop_stop()
         forger.disconnect()
     assert retained(reader, f"alerts/{factory}/A011", 1)[f"alerts/{factory}/A011"] == a011
+    # Leave no state of this test on the shared broker (an empty retained message clears).
+    clearer = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2)
+    apply_login(clearer, notifier_mqtt(stack))
+    clearer.connect(stack.mqtt.host, stack.mqtt.port)
+    clearer.loop_start()
+    try:
+        for loc in ("A011", "A012"):
+            clearer.publish(f"alerts/{factory}/{loc}", b"", qos=1, retain=True).wait_for_publish(10)
+    finally:
+        clearer.loop_stop()
+        clearer.disconnect()
 
 
 # -- SIGKILL during a burst ---------------------------------------------------------------

@@ -219,3 +219,10 @@ def test_a_long_slack_digest_is_split_into_sections_in_order() -> None:
     doc = orjson.loads(SlackChannel.body(message))
     sections = [b["text"]["text"] for b in doc["blocks"]]
     assert len(sections) > 1 and "\n".join(sections) == text
+
+
+def test_a_resolution_says_so_before_the_level_it_had() -> None:
+    over = event(transition=AlertTransition.RESOLVED)
+    assert render(over, "en").startswith("[RESOLVED · was CRITICAL] Perceived temperature")
+    assert render(over, "ko").startswith("[해제 · 이전 위험] 체감온도")
+    assert render(event(), "en").startswith("[CRITICAL] Perceived temperature")
