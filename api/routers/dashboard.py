@@ -2,8 +2,9 @@
 
 ``/`` answers the page, ``/dashboard/...`` its scripts, styles and the chart library (copied
 into ``api/dashboard/vendor/`` by ``make dashboard``), and ``/dashboard/config.json`` the
-few settings the page needs that no API answer carries.  The page only calls the public
-API (`/api/v1/...`) like any other client; it adds no endpoint of its own.
+few settings the page needs that no API answer carries.  Apart from that settings file
+the page adds no endpoint of its own: it only calls the public API (`/api/v1/...`) like any
+other client.
 
 Every answer forbids inline scripts and styles and any other origin
 (``Content-Security-Policy``), so data that reached the page could not run as code even if
@@ -42,12 +43,12 @@ SECURITY_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def page() -> FileResponse:
     return FileResponse(DASHBOARD_DIR / "index.html", headers=SECURITY_HEADERS)
 
 
-@router.get("/dashboard/config.json")
+@router.api_route("/dashboard/config.json", methods=["GET", "HEAD"])
 async def config(settings: AppSettings) -> JSONResponse:
     """What the page needs to know of this deployment: when a measurement counts as stale
     (the same rule as ``/realtime``), and whether the chart library is installed."""

@@ -130,6 +130,8 @@ def test_acknowledging_an_alert_in_the_console(page: Page, dashboard: Dashboard)
     assert body["acknowledged_by"] == "token:operator"
     assert body["ack_note"] == "fans on, checking"
     expect(rows.first.get_by_role("button", name="Acknowledge")).to_be_disabled()
+    # Keyboard focus stays on the same row, on its next button.
+    expect(rows.first.get_by_role("button", name="Resolve")).to_be_focused()
     expect(page.locator("#live")).to_have_text("Live", timeout=15_000)
     screenshot(page, "alerts")
 
@@ -259,3 +261,29 @@ def test_closed_reads_ask_for_a_token_first(page: Page, dashboard: Dashboard) ->
         expect(page.locator('.tile[data-loc="A031"]')).to_have_attribute("data-status", "critical")
         # The live streams carry the token too, once the API asked for it.
         expect(page.locator("#live")).to_have_text("Live", timeout=15_000)
+
+
+def test_a_malformed_address_shows_an_error(page: Page, dashboard: Dashboard) -> None:
+    open_board(page, dashboard)
+    page.evaluate("() => { window.location.hash = '#/location/%E0%A4%A'; }")
+    expect(page.locator("main [role=alert]")).to_contain_text("This address cannot be read")
+    expect(page.locator(".tile")).to_have_count(0)  # the board is not left standing
+    page.evaluate("() => { window.location.hash = '#/board'; }")
+    expect(page.locator('.tile[data-loc="A011"]')).to_be_visible()
+
+
+def test_an_unknown_token_asks_to_sign_in_again(page: Page, dashboard: Dashboard) -> None:
+    page.goto(dashboard.url + "/")
+    page.evaluate("() => sessionStorage.setItem('iotmon.token', 'no-such-token')")
+    page.reload()
+    expect(page.locator("#notice [role=alert]")).to_contain_text("Please sign in again")
+    expect(page.locator("#login-button")).to_have_text("Sign in")
+    assert page.evaluate("() => sessionStorage.getItem('iotmon.token')") is None
+    # Reads are open here: the board is read again without the token.
+    expect(page.locator('.tile[data-loc="A031"]')).to_have_attribute("data-status", "critical")
+
+
+def test_head_requests_are_answered(dashboard: Dashboard) -> None:
+    assert httpx.head(dashboard.url + "/", timeout=10).status_code == 200
+    assert httpx.head(dashboard.url + "/dashboard/js/main.js", timeout=10).status_code == 200
+    assert httpx.head(dashboard.url + "/dashboard/config.json", timeout=10).status_code == 200

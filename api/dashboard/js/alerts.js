@@ -5,7 +5,7 @@ import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { parseIsoDate, zonedTime } from './time.js';
 import {
-  DEFAULT_TZ, levelRank, loadActiveAlerts, on, store, updateAlert,
+  DEFAULT_TZ, levelRank, loadActiveAlerts, on, reportError, store, updateAlert,
 } from './store.js';
 import { alertTable } from './alert-table.js';
 import { ensureLogin } from './login.js';
@@ -53,11 +53,17 @@ async function act(alert, kind, status) {
   if (row) {
     updateAlert(row);
     fill(status, message('ok', t('alerts.done')));
+    // Keyboard focus stays in place: the same row's next button, else the status line.
+    const list = status.parentNode && status.parentNode.querySelector('.table-wrap');
+    const sel = `tr[data-alert="${CSS.escape(String(alert.alert_id))}"] button`;
+    const button = list && [...list.querySelectorAll(sel)].find((b) => !b.disabled);
+    if (button) button.focus();
+    else status.focus();
   }
 }
 
 function activeSection() {
-  const status = el('div', { 'aria-live': 'polite' });
+  const status = el('div', { 'aria-live': 'polite', tabindex: '-1' });
   const list = el('div', { class: 'table-wrap' });
   const section = el('section', { 'aria-labelledby': 'active-h', class: 'panel' },
     el('h2', { id: 'active-h', text: t('alerts.active') }), status, list);
@@ -88,6 +94,10 @@ function activeSection() {
       fill(list, el('p', { class: 'empty', text: t('alerts.none') }));
       return;
     }
+    // A redraw keeps keyboard focus on the same row's button.
+    const focused = list.contains(document.activeElement) ? document.activeElement : null;
+    const keep = focused && focused.closest('tr[data-alert]')
+      ? [focused.closest('tr[data-alert]').dataset.alert, focused.dataset.action] : null;
     fill(list, alertTable(shown, {
       state: false,
       anonymous: !token(),
@@ -102,6 +112,13 @@ function activeSection() {
         }),
       ],
     }));
+    if (keep) {
+      const again = [...list.querySelectorAll(`tr[data-alert="${CSS.escape(keep[0])}"] button`)]
+        .filter((b) => !b.disabled);
+      const target = again.find((b) => b.dataset.action === keep[1]) || again[0];
+      if (target) target.focus();
+      else status.focus();
+    }
   };
   let timer = 0;
   const reload = async () => {
@@ -144,7 +161,7 @@ function historySection() {
   };
   const form = el('form', { class: 'grid-form' }, Object.entries(controls).map(([k, c]) => field(labels[k], c)),
     el('div', { class: 'field' }, el('button', { type: 'submit', class: 'button primary', text: t('alerts.search') })));
-  const status = el('div', { 'aria-live': 'polite' });
+  const status = el('div', { 'aria-live': 'polite', tabindex: '-1' });
   const list = el('div', { class: 'table-wrap' });
   const pager = el('div', { class: 'actions' });
   const limit = 50;
@@ -189,7 +206,7 @@ export function renderAlerts(main) {
   const silences = el('section', { class: 'panel', 'aria-labelledby': 'sil-h', hidden: true });
   fill(main, el('h1', { text: t('alerts.title') }), active, historySection(), subscriptions, silences);
   const stops = [stopActive, renderSubscriptions(subscriptions), renderSilences(silences)];
-  loadActiveAlerts().catch(() => {});
+  loadActiveAlerts().catch(reportError);
   return () => { for (const stop of stops) if (stop) stop(); };
 }
 

@@ -21,10 +21,22 @@ export class ApiError extends Error {
   }
 }
 
-/** JSON from the API; ApiError with the API's own message for a 4xx/5xx. */
-export async function api(path, { method = 'GET', body, signal } = {}) {
+// Whether this deployment answers reads without a token (/dashboard/config.json).
+let openReads = false;
+
+export function setOpenReads(value) {
+  openReads = Boolean(value);
+}
+
+/**
+ * JSON from the API; ApiError with the API's own message for a 4xx/5xx.
+ * A 401 to a request that carried the kept token means the token is no longer valid: it is
+ * dropped (the header shows signed out, 'iotmon:signedout' asks to sign in again) and, when
+ * reads are open, a read is tried once more without it.  `check` (signing in) skips that.
+ */
+export async function api(path, { method = 'GET', body, signal, check = false, anonymous = false } = {}) {
   const headers = { Accept: 'application/json' };
-  const bearer = token();
+  const bearer = anonymous ? null : token();
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let response;
@@ -46,6 +58,13 @@ export async function api(path, { method = 'GET', body, signal } = {}) {
     data = text ? JSON.parse(text) : null;
   } catch {
     data = null;
+  }
+  if (response.status === 401 && bearer && !check) {
+    if (token() === bearer) {
+      setToken(null);
+      window.dispatchEvent(new CustomEvent('iotmon:signedout'));
+    }
+    if (method === 'GET' && openReads) return api(path, { method, body, signal, anonymous: true });
   }
   if (!response.ok) {
     const error = data && data.error ? data.error : {};

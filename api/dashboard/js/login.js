@@ -28,7 +28,7 @@ export function askLogin() {
       const previous = token();
       setToken(value);
       try {
-        await api('/api/v1/subscriptions/?limit=1');
+        await api('/api/v1/subscriptions/?limit=1', { check: true });
         done(true);
       } catch (err) {
         setToken(previous);

@@ -1,9 +1,9 @@
 // Start-up and the hash router: #/board, #/location/<loc_id>, #/alerts, #/thresholds.
-import { setToken, token } from './api.js';
+import { errorText, setToken, token } from './api.js';
 import { askLogin } from './login.js';
 import { lang, setLang, t, translateStatic } from './i18n.js';
 import {
-  loadActiveAlerts, loadConfig, loadLocations, loadRealtime, on, startLive, store,
+  loadActiveAlerts, loadConfig, loadLocations, loadRealtime, on, reportError, startLive, store,
 } from './store.js';
 import { renderBoard } from './board.js';
 import { renderLocation } from './location.js';
@@ -13,6 +13,18 @@ import { el, fill, message } from './dom.js';
 
 const main = document.getElementById('main');
 let cleanup = null;
+// Notices that outlive a view: a failed background load, a token the API no longer takes.
+const notice = el('div', { id: 'notice', class: 'notice' });
+main.before(notice);
+
+function showNotice(text, withLogin) {
+  fill(notice, message('error', text),
+    withLogin ? el('button', {
+      type: 'button', class: 'button primary', text: t('login'),
+      onclick: async () => { if (await askLogin()) notice.replaceChildren(); },
+    }) : null,
+    el('button', { type: 'button', class: 'button', text: t('close'), onclick: () => notice.replaceChildren() }));
+}
 
 function parseHash() {
   const raw = window.location.hash.replace(/^#\/?/, '');
@@ -31,17 +43,18 @@ const VIEWS = {
 function route() {
   if (cleanup) cleanup();
   cleanup = null;
-  const { name, args, params } = parseHash();
-  const view = VIEWS[name] || renderBoard;
-  for (const link of document.querySelectorAll('#nav a')) {
-    if (link.dataset.route === name) link.setAttribute('aria-current', 'page');
-    else link.removeAttribute('aria-current');
-  }
   main.replaceChildren();
   try {
+    const { name, args, params } = parseHash();
+    const view = VIEWS[name] || renderBoard;
+    for (const link of document.querySelectorAll('#nav a')) {
+      if (link.dataset.route === name) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+    }
     cleanup = view(main, args, params) || null;
   } catch (err) {
-    fill(main, message('error', String(err)));
+    const what = err instanceof URIError ? t('error.route') : String(err);
+    fill(main, message('error', err instanceof URIError ? `${what}: ${window.location.hash}` : what));
   }
 }
 
@@ -71,9 +84,11 @@ async function boot() {
     if (token()) setToken(null);
     else await askLogin();
   });
-  window.addEventListener('iotmon:token', () => { showLogin(); loadActiveAlerts().catch(() => {}); });
+  window.addEventListener('iotmon:token', () => { showLogin(); loadActiveAlerts().catch(reportError); });
   window.addEventListener('iotmon:lang', () => { showLogin(); showLive(); route(); });
   on('live', showLive);
+  on('notice', (err) => showNotice(`${t('error.live')}: ${errorText(err)}`, false));
+  window.addEventListener('iotmon:signedout', () => showNotice(t('error.signedOut'), true));
   showLogin();
   showLive();
   fill(main, el('p', { class: 'loading', text: t('loading') }));
@@ -98,8 +113,8 @@ async function boot() {
   }
   live.then(() => {
     performance.mark('live-open');
-    loadRealtime().catch(() => {});
-    loadActiveAlerts().catch(() => {});
+    loadRealtime().catch(reportError);
+    loadActiveAlerts().catch(reportError);
   });
   window.addEventListener('hashchange', route);
   route();

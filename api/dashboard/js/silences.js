@@ -34,7 +34,7 @@ export function renderSilences(section) {
   controls.reason = el('input', { type: 'text', maxlength: '500', required: true });
   const error = el('div', { 'aria-live': 'assertive' });
   const form = el('form', {}, el('h3', { text: t('sil.new') }),
-    el('div', { class: 'grid-form' }, ...SCOPE.map((k) => field(k, controls[k])),
+    el('div', { class: 'grid-form' }, ...SCOPE.map((k) => field(t(`scope.${k}`), controls[k])),
       field(t('alerts.metric'), controls.threshold_type), field(t('sil.starts'), controls.starts_at),
       field(t('sil.ends'), controls.ends_at), field(t('sil.reason'), controls.reason)),
     error, el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'button primary', text: t('create') })));

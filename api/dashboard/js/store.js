@@ -1,6 +1,6 @@
 // What every view shares: the locations, each sensor's newest measurement and the active
 // alerts, kept current by the two live streams of the API.  Views subscribe with on().
-import { api } from './api.js';
+import { api, setOpenReads } from './api.js';
 import { EventStream } from './sse.js';
 
 const LEVELS = { critical: 3, warning: 2, normal: 1 };
@@ -27,6 +27,11 @@ function emit(name, detail) {
   for (const fn of listeners.get(name) || []) fn(detail);
 }
 
+/** A failed background load: shown as a notice by the page (never swallowed). */
+export function reportError(err) {
+  emit('notice', err);
+}
+
 export function tzOf(locId) {
   const loc = store.locations.get(locId);
   return (loc && loc.tz) || DEFAULT_TZ;
@@ -38,6 +43,7 @@ export async function loadConfig() {
   } catch {
     // defaults
   }
+  setOpenReads(store.config.open_reads);
 }
 
 export async function loadLocations() {
@@ -218,7 +224,7 @@ export function startLive() {
   const realtime = new EventStream('/api/v1/stream/realtime', (type, data) => {
     if (type === 'ready') {
       realtimeReady();
-      if (data && data.replay_cut) loadRealtime().catch(() => {});
+      if (data && data.replay_cut) loadRealtime().catch(reportError);
     } else if (type === 'reading') {
       const locId = applyMeasurement(data);
       if (locId) emit('readings', new Set([locId]));
@@ -228,7 +234,7 @@ export function startLive() {
     if (type === 'alert') applyAlertEvent(data);
     else if (type === 'ready') {
       alertsReady();
-      if (data && data.replay_cut) loadActiveAlerts().catch(() => {});
+      if (data && data.replay_cut) loadActiveAlerts().catch(reportError);
     }
   }, state('alerts'));
   streams = [realtime, alerts];

@@ -47,7 +47,7 @@ export function renderSubscriptions(section) {
       el('div', { class: 'grid-form' },
         field(t('subs.subscriber'), controls.subscriber), field(t('subs.channel'), controls.notify_type),
         field(t('subs.target'), controls.notify_id),
-        ...SCOPE.map((k) => field(k, controls[k])),
+        ...SCOPE.map((k) => field(t(`scope.${k}`), controls[k])),
         field(t('alerts.metric'), controls.threshold_type), field(t('subs.minLevel'), controls.min_level),
         field(t('subs.secret'), controls.secret)),
       el('fieldset', {}, el('legend', { text: t('subs.transitions') }),
