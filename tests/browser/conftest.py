@@ -176,9 +176,12 @@ def seed(db: DatabaseSettings, kafka: KafkaSettings) -> dict[str, UUID]:
     return alerts
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium from the system (installed by infra/scripts/install-system-deps.sh)."""
+    """Headless Chromium from the system (installed by infra/scripts/install-system-deps.sh).
+
+    Package scope, not session: Playwright's sync API runs an event loop in the main thread
+    while it is open, and every later test that calls asyncio.run() would fail."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         pytest.fail("chromium is not installed: run `make system-deps`")
