@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from prometheus_client import CollectorRegistry
@@ -34,18 +34,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class WorkerProcess:
-    """One `iotmon worker` subprocess; ``kill()`` is SIGKILL, ``stop()`` graceful."""
+class IotmonProcess:
+    """One `iotmon <command>` subprocess; ``kill()`` is SIGKILL, ``stop()`` graceful."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = {**env, "IOTMON_WORKER__WEB_PORT": str(free_port())}
+    command = ""
+
+    def __init__(self, env: dict[str, str], log: Path, command: str | None = None) -> None:
+        self.env = env
         self.log = log
+        self.command = command or self.command
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "iotmon", "worker"],
+                [sys.executable, "-m", "iotmon", self.command],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -65,6 +68,15 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class WorkerProcess(IotmonProcess):
+    """One `iotmon worker` subprocess, with a web port of its own."""
+
+    command = "worker"
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__({**env, "IOTMON_WORKER__WEB_PORT": str(free_port())}, log)
 
 
 class Pipeline:

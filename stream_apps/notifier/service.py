@@ -307,17 +307,11 @@ class Notifier:
         for e, s in matched:
             muted = silenced_by(e, silences)
             rows.append(
-                (
-                    e.alert_id,
-                    e.event_id,
-                    s.subscription_id,
-                    s.notify_type,
-                    s.notify_id,
-                    Jsonb(orjson.loads(e.model_dump_json())),
+                _log_row(
+                    (e.alert_id, e.event_id, s.subscription_id, s.notify_type, s.notify_id),
+                    orjson.loads(e.model_dump_json()),
                     "alert",
-                    "SUPPRESSED" if muted else "PENDING",
-                    muted.silence_id if muted else None,
-                    _muted_reason(muted) if muted else None,
+                    muted,
                 )
             )
             if muted:
@@ -680,35 +674,16 @@ class Notifier:
                 # A log row no notifier of this version wrote: recorded as a failed
                 # escalation (once), never the end of the delivery loop.
                 rows.append(
-                    (
-                        o["alert_id"],
-                        o["alert_id"],
-                        o["subscription_id"],
-                        o["escalate_type"],
-                        o["escalate_to"],
-                        Jsonb(o["payload"]),
+                    _log_row(
+                        _escalation_keys(o),
+                        o["payload"],
                         "escalation",
-                        "FAILED",
-                        None,
-                        f"the notification it escalates is unreadable: {exc.errors()[:1]}",
+                        failed=f"the notification it escalates is unreadable: {exc.errors()[:1]}",
                     )
                 )
                 continue
             muted = silenced_by(event, silences, now)
-            rows.append(
-                (
-                    o["alert_id"],
-                    o["alert_id"],
-                    o["subscription_id"],
-                    o["escalate_type"],
-                    o["escalate_to"],
-                    Jsonb(o["payload"]),
-                    "escalation",
-                    "SUPPRESSED" if muted else "PENDING",
-                    muted.silence_id if muted else None,
-                    _muted_reason(muted) if muted else None,
-                )
-            )
+            rows.append(_log_row(_escalation_keys(o), o["payload"], "escalation", muted))
             self.metrics.escalations.inc()
             if muted:
                 self.metrics.suppressed.labels("silence").inc()
@@ -765,6 +740,41 @@ class Notifier:
             if mqtt_channel is not None:
                 mqtt_channel.close()
             await self.pool.close()
+
+
+def _log_row(
+    keys: tuple[Any, Any, int, str, str],
+    payload: Any,
+    purpose: str,
+    muted: Silence | None = None,
+    *,
+    failed: str | None = None,
+) -> tuple[Any, ...]:
+    """The parameters of _INSERT: (alert id, event id, subscription, channel, target), the
+    payload and purpose; PENDING, SUPPRESSED by ``muted``, or FAILED with ``failed``."""
+    if failed is not None:
+        return (*keys, Jsonb(payload), purpose, "FAILED", None, failed)
+    if muted is not None:
+        return (
+            *keys,
+            Jsonb(payload),
+            purpose,
+            "SUPPRESSED",
+            muted.silence_id,
+            _muted_reason(muted),
+        )
+    return (*keys, Jsonb(payload), purpose, "PENDING", None, None)
+
+
+def _escalation_keys(row: dict[str, Any]) -> tuple[Any, Any, int, str, str]:
+    """An escalation's row names its alert as its event (one per alert and subscription)."""
+    return (
+        row["alert_id"],
+        row["alert_id"],
+        row["subscription_id"],
+        row["escalate_type"],
+        row["escalate_to"],
+    )
 
 
 def _muted_reason(silence: Silence) -> str:

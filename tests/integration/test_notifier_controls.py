@@ -7,9 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -50,6 +47,7 @@ from tests.integration.test_notifier import (
     settings_for,
     subscribe,
 )
+from tests.pipeline import IotmonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -423,37 +421,6 @@ def test_mqtt_boards_see_the_retained_state_of_each_location(
 # -- SIGKILL during a burst ---------------------------------------------------------------
 
 
-class NotifierProcess:
-    """``iotmon notifier`` as a process of its own, so that it can be SIGKILLed."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> NotifierProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "iotmon", "notifier"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 def test_sigkill_during_a_burst_then_restart_delivers_every_pair_at_most_the_in_flight_twice(
     kafka: KafkaSettings,
     db: DatabaseSettings,
@@ -479,7 +446,7 @@ def test_sigkill_during_a_burst_then_restart_delivers_every_pair_at_most_the_in_
     }
     log = tmp_path / "notifier.log"
     publish(kafka, events)
-    first = NotifierProcess(env, log).start()
+    first = IotmonProcess(env, log, "notifier").start()
     try:
         wait_for(lambda: len(receivers.to("/slow")) >= 100, timeout=60, what="100 deliveries")
         first.kill()
@@ -488,7 +455,7 @@ def test_sigkill_during_a_burst_then_restart_delivers_every_pair_at_most_the_in_
     killed_at = len(receivers.to("/slow"))
     sent_before = query(db, "SELECT count(*) FROM notifications WHERE status = 'SENT'")[0][0]
     assert sent_before < len(expected), "the burst was over before the kill"
-    second = NotifierProcess(env, log).start()
+    second = IotmonProcess(env, log, "notifier").start()
     try:
         wait_for(
             lambda: (
