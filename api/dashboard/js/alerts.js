@@ -1,6 +1,6 @@
 // The alert console: active alerts first (live), acknowledge and resolve with a note, the
 // history with the API's filters, the subscriptions, and the silences where the API has them.
-import { api, errorText, query, token } from './api.js';
+import { api, apiAll, errorText, query, token } from './api.js';
 import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { parseIsoDate, zonedTime } from './time.js';
@@ -123,7 +123,7 @@ function activeSection() {
   let timer = 0;
   const reload = async () => {
     try {
-      rows = await api('/api/v1/alerts/?state=active&limit=1000');
+      rows = await apiAll('/api/v1/alerts/?state=active', { key: 'alert_id' });
       draw();
     } catch (err) {
       fill(status, message('error', errorText(err)));

@@ -73,6 +73,30 @@ export async function api(path, { method = 'GET', body, signal, check = false, a
   return data;
 }
 
+/**
+ * Every row of a list endpoint that pages with skip/limit (its order is stable), asked for
+ * `size` rows at a time until a page comes back short.  A row that moved between two pages
+ * (the list changed meanwhile) is kept once, by `key`.
+ */
+export async function apiAll(path, { key, size = 1000, signal } = {}) {
+  const join = path.includes('?') ? '&' : '?';
+  const rows = [];
+  const seen = new Set();
+  for (let skip = 0; ; skip += size) {
+    // eslint-disable-next-line no-await-in-loop
+    const page = await api(`${path}${join}limit=${size}&skip=${skip}`, { signal });
+    for (const row of page) {
+      const id = key ? row[key] : null;
+      if (id !== null && id !== undefined) {
+        if (seen.has(id)) continue;
+        seen.add(id);
+      }
+      rows.push(row);
+    }
+    if (page.length < size) return rows;
+  }
+}
+
 /** The API's message, with each field error it lists ("body.max_value: ..."). */
 export function errorText(err) {
   if (!(err instanceof ApiError)) return String(err && err.message ? err.message : err);

@@ -221,9 +221,9 @@ export function renderBoard(main, _args, params) {
   pickers();
   build();
   const offs = [
-    on('readings', (ids) => schedule(ids || tiles.keys())),
-    on('alerts', () => schedule(tiles.keys())),
-    on('tick', () => schedule(tiles.keys())),
+    on('readings', (ids) => schedule(ids)),
+    on('alerts', ({ locs }) => schedule(locs)),
+    on('tick', (locs) => schedule(locs)),
     on('locations', () => { pickers(); build(); }),
   ];
   main.dataset.rendered = String(performance.now());

@@ -1,7 +1,7 @@
 // A location: its current values (live), hourly max/avg charts of the three measures for a
 // range in the factory's time zone, threshold bands on the perceived temperature, the open
 // hour marked provisional, and the location's alert history.
-import { api, errorText, query, token } from './api.js';
+import { api, apiAll, errorText, query, token } from './api.js';
 import { t } from './i18n.js';
 import { el, fill, message } from './dom.js';
 import {
@@ -220,7 +220,7 @@ export function renderLocation(main, args, params) {
         api(`/api/v1/aggregation/pcv_temperature/location/${encodeURIComponent(locId)}${query({
           start_date: ymd(start), end_date: ymd(end),
         })}`, { signal: controller.signal }),
-        api('/api/v1/thresholds/?limit=1000', { signal: controller.signal }),
+        apiAll('/api/v1/thresholds/', { key: 'threshold_id', signal: controller.signal }),
       ]);
     } catch (err) {
       if (err.name === 'AbortError') return;
@@ -271,9 +271,13 @@ export function renderLocation(main, args, params) {
   load();
   loadHistory();
   const offs = [
-    on('readings', (ids) => { if (!ids || ids.has(locId)) tile.update(); }),
-    on('tick', () => tile.update()),
-    on('alerts', (event) => { tile.update(); if (event && event.loc_id === locId) loadHistory(); }),
+    on('readings', (ids) => { if (ids.has(locId)) tile.update(); }),
+    on('tick', (locs) => { if (locs.has(locId)) tile.update(); }),
+    on('alerts', ({ locs, event }) => {
+      if (!locs.has(locId)) return;
+      tile.update();
+      if (event) loadHistory();
+    }),
   ];
   return () => {
     controller.abort();

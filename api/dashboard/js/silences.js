@@ -1,7 +1,7 @@
 // Silences (/api/v1/silences/): the current ones (active or pending) listed, created, ended
 // early.  Reading them needs a token (who muted what is on record); the section stays hidden
 // on an API without them.
-import { api, ApiError, errorText, token } from './api.js';
+import { api, apiAll, ApiError, errorText, token } from './api.js';
 import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { dateTime, zonedTime } from './time.js';
@@ -72,7 +72,7 @@ export function renderSilences(section) {
       return;
     }
     try {
-      rows = await api('/api/v1/silences/?limit=1000');
+      rows = await apiAll('/api/v1/silences/', { key: 'silence_id' });
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) {
         section.hidden = true; // this API has no silences

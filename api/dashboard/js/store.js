@@ -1,6 +1,6 @@
 // What every view shares: the locations, each sensor's newest measurement and the active
 // alerts, kept current by the two live streams of the API.  Views subscribe with on().
-import { api, setOpenReads } from './api.js';
+import { api, apiAll, setOpenReads } from './api.js';
 import { EventStream } from './sse.js';
 
 const LEVELS = { critical: 3, warning: 2, normal: 1 };
@@ -11,6 +11,7 @@ export const store = {
   locations: new Map(), // loc_id -> {loc_id, plant, factory, building, floor, area, name, tz, sensors}
   readings: new Map(), // sensor_id -> {sensor_id, loc_id, metrics, capture, age_s, seen}
   alerts: new Map(), // alert_id -> active alert (see normalAlert)
+  alertsByLoc: new Map(), // loc_id -> Map(alert_id -> active alert): what a tile asks for
   resolved: new Set(), // alert ids resolved by an event (a list fetched earlier is older)
   live: { realtime: 'connecting', alerts: 'connecting' },
 };
@@ -46,55 +47,127 @@ export async function loadConfig() {
   setOpenReads(store.config.open_reads);
 }
 
-export async function loadLocations() {
-  const found = new Map();
-  for (let skip = 0; ; skip += 1000) {
-    // eslint-disable-next-line no-await-in-loop
-    const rows = await api(`/api/v1/location/?limit=1000&skip=${skip}`);
-    for (const r of rows) {
-      if (!r.is_active) continue;
-      let loc = found.get(r.loc_id);
-      if (!loc) {
-        loc = {
-          loc_id: r.loc_id, plant: r.plant, factory: r.factory, building: r.building,
-          floor: r.floor, area: r.area, name: r.location_name || r.area || r.loc_id,
-          tz: r.timezone || DEFAULT_TZ, sensors: [],
-        };
-        found.set(r.loc_id, loc);
+// sensor_id -> loc_id of every sensor at an active location, as the API registered it.
+const sensorLoc = new Map();
+// Sensors the API says are not at an active location (or not registered): their readings
+// are kept but not drawn, and the API is asked again after a while.
+const ignored = new Map(); // sensor_id -> performance.now() of the answer
+const ASK_AGAIN_MS = 60_000;
+const BATCH = 200; // the API's most ids in one /location/batch request
+
+function locationOf(r) {
+  return {
+    loc_id: r.loc_id, plant: r.plant, factory: r.factory, building: r.building,
+    floor: r.floor, area: r.area, name: r.location_name || r.area || r.loc_id,
+    tz: r.timezone || DEFAULT_TZ, sensors: [],
+  };
+}
+
+/**
+ * Take the API's rows for some sensors: each is (re)placed at its location, or ignored
+ * when its location is inactive.  Returns the ids of the locations that changed and
+ * whether a location was added (the board is then laid out again).
+ */
+function placeSensors(rows) {
+  const changed = new Set();
+  let added = false;
+  for (const r of rows) {
+    const before = sensorLoc.get(r.sensor_id);
+    if (before !== undefined && before !== r.loc_id) {
+      const old = store.locations.get(before);
+      if (old) {
+        old.sensors = old.sensors.filter((id) => id !== r.sensor_id);
+        changed.add(before);
       }
-      loc.sensors.push(r.sensor_id);
     }
-    if (rows.length < 1000) break;
+    if (!r.is_active) {
+      sensorLoc.delete(r.sensor_id);
+      ignored.set(r.sensor_id, performance.now());
+      continue;
+    }
+    ignored.delete(r.sensor_id);
+    let loc = store.locations.get(r.loc_id);
+    if (!loc) {
+      loc = locationOf(r);
+      store.locations.set(r.loc_id, loc);
+      added = true;
+    }
+    if (!loc.sensors.includes(r.sensor_id)) loc.sensors.push(r.sensor_id);
+    sensorLoc.set(r.sensor_id, r.loc_id);
+    changed.add(r.loc_id);
   }
-  store.locations = found;
+  return { changed, added };
+}
+
+export async function loadLocations() {
+  const rows = await apiAll('/api/v1/location/', { key: 'sensor_id' });
+  store.locations = new Map();
+  sensorLoc.clear();
+  ignored.clear();
+  placeSensors(rows);
   emit('locations');
 }
 
-/** Apply one measurement (a /realtime entry or a stream event); the newer one wins. */
+// Sensors heard on the live stream that the page does not know where to draw (registered,
+// moved or re-activated after the page loaded): looked up in batches, a moment later.
+const unknown = new Set();
+let lookupTimer = 0;
+
+async function lookUpSensors() {
+  lookupTimer = 0;
+  const ids = [...unknown].slice(0, BATCH);
+  for (const id of ids) unknown.delete(id);
+  if (unknown.size) lookupTimer = setTimeout(lookUpSensors, 0);
+  if (!ids.length) return;
+  let rows;
+  try {
+    rows = await api(`/api/v1/location/batch/${ids.map(encodeURIComponent).join(',')}`);
+  } catch (err) {
+    reportError(err);
+    return;
+  }
+  const answered = new Set(rows.map((r) => r.sensor_id));
+  for (const id of ids) if (!answered.has(id)) ignored.set(id, performance.now());
+  const { changed, added } = placeSensors(rows);
+  if (added) emit('locations');
+  else if (changed.size) emit('readings', changed);
+}
+
+function lookUp(sensorId) {
+  const since = ignored.get(sensorId);
+  if (since !== undefined && performance.now() - since < ASK_AGAIN_MS) return;
+  unknown.add(sensorId);
+  if (!lookupTimer) lookupTimer = setTimeout(lookUpSensors, 250);
+}
+
+/**
+ * Apply one measurement (a /realtime entry or a stream event); the newer one wins.
+ * Returns the id of the location whose tile shows it, or null.
+ */
 function applyMeasurement(m) {
   const capture = Date.parse(m.capture_dt);
   const held = store.readings.get(m.sensor_id);
   if (held && held.capture > capture) return null;
-  const locId = m.location && m.location.loc_id;
+  const locId = m.location ? m.location.loc_id : undefined;
   store.readings.set(m.sensor_id, {
     sensor_id: m.sensor_id, loc_id: locId, metrics: m.metrics, capture,
     age_s: m.age_seconds, seen: performance.now(),
   });
-  if (locId && !store.locations.has(locId) && m.location.factory) {
-    store.locations.set(locId, {
-      loc_id: locId, factory: m.location.factory, building: m.location.building,
-      floor: m.location.floor, area: m.location.area, name: m.location.area || locId,
-      tz: DEFAULT_TZ, sensors: [m.sensor_id],
-    });
-    emit('locations');
+  const placed = sensorLoc.get(m.sensor_id);
+  if (placed === undefined || (locId !== undefined && locId !== placed)) {
+    lookUp(m.sensor_id);
+    return null;
   }
-  return locId;
+  return placed;
 }
 
 export async function loadRealtime() {
   const body = await api('/api/v1/realtime/');
   const changed = new Set();
-  for (const m of body.measurements) changed.add(applyMeasurement(m));
+  for (const m of body.measurements) {
+    const locId = applyMeasurement(m);
+    if (locId) changed.add(locId);
+  }
   emit('readings', changed);
 }
 
@@ -108,22 +181,54 @@ export function normalAlert(a) {
   };
 }
 
+// The active alerts are kept twice: by id, and by location for the tiles.  Every change
+// goes through these two functions and names the locations it touched, so that a view
+// repaints those and no other.
+function putAlert(a, touched) {
+  const held = store.alerts.get(a.alert_id);
+  if (held && held.loc_id !== a.loc_id) removeAlert(a.alert_id, touched);
+  store.alerts.set(a.alert_id, a);
+  let at = store.alertsByLoc.get(a.loc_id);
+  if (!at) {
+    at = new Map();
+    store.alertsByLoc.set(a.loc_id, at);
+  }
+  at.set(a.alert_id, a);
+  touched.add(a.loc_id);
+}
+
+function removeAlert(alertId, touched) {
+  const held = store.alerts.get(alertId);
+  if (!held) return;
+  store.alerts.delete(alertId);
+  const at = store.alertsByLoc.get(held.loc_id);
+  if (at) {
+    at.delete(alertId);
+    if (!at.size) store.alertsByLoc.delete(held.loc_id);
+  }
+  touched.add(held.loc_id);
+}
+
 export async function loadActiveAlerts() {
   const started = performance.now();
-  const rows = await api('/api/v1/alerts/?state=active&limit=1000');
-  const next = new Map();
-  for (const a of rows) if (!store.resolved.has(a.alert_id)) next.set(a.alert_id, normalAlert(a));
+  const rows = await apiAll('/api/v1/alerts/?state=active', { key: 'alert_id' });
+  const touched = new Set(store.alertsByLoc.keys());
+  const keep = [];
   // Raised by an event after this list was asked for: the sink may not have written it yet.
-  for (const [id, a] of store.alerts) if (!next.has(id) && a.eventAt > started) next.set(id, a);
-  store.alerts = next;
-  emit('alerts');
+  for (const a of store.alerts.values()) if (a.eventAt > started) keep.push(a);
+  store.alerts = new Map();
+  store.alertsByLoc = new Map();
+  for (const r of rows) if (!store.resolved.has(r.alert_id)) putAlert(normalAlert(r), touched);
+  for (const a of keep) if (!store.alerts.has(a.alert_id)) putAlert(a, touched);
+  emit('alerts', { locs: touched });
 }
 
 /** Forget an alert that someone resolved here (the list changes at once). */
 export function dropAlert(alertId) {
-  store.alerts.delete(alertId);
+  const touched = new Set();
+  removeAlert(alertId, touched);
   store.resolved.add(alertId);
-  emit('alerts');
+  emit('alerts', { locs: touched });
 }
 
 export function updateAlert(row) {
@@ -131,14 +236,17 @@ export function updateAlert(row) {
     dropAlert(row.alert_id);
     return;
   }
-  store.alerts.set(row.alert_id, normalAlert(row));
-  emit('alerts');
+  const touched = new Set();
+  putAlert(normalAlert(row), touched);
+  emit('alerts', { locs: touched });
 }
 
 function applyAlertEvent(e) {
+  const touched = new Set();
   if (e.transition === 'resolved') {
-    store.alerts.delete(e.alert_id);
+    removeAlert(e.alert_id, touched);
     store.resolved.add(e.alert_id);
+    if (e.loc_id) touched.add(e.loc_id);
   } else {
     const held = store.alerts.get(e.alert_id);
     const next = normalAlert(e);
@@ -148,16 +256,35 @@ function applyAlertEvent(e) {
       next.acknowledged_by = held.acknowledged_by;
       next.acknowledged_at = held.acknowledged_at;
     }
-    store.alerts.set(e.alert_id, next);
+    putAlert(next, touched);
   }
-  emit('alerts', e);
+  emit('alerts', { locs: touched, event: e });
+}
+
+/** When (performance.now() time) a measurement turns stale: older than stale_after_s. */
+function staleAt(reading) {
+  return reading.seen + (store.config.stale_after_s - reading.age_s) * 1000;
 }
 
 /** Whether a measurement is stale now (the API's own rule: older than stale_after_s). */
-export function isStale(reading) {
-  if (!reading) return true;
-  const age = reading.age_s + (performance.now() - reading.seen) / 1000;
-  return age > store.config.stale_after_s;
+export function isStale(reading, now = performance.now()) {
+  return !reading || now > staleAt(reading);
+}
+
+/**
+ * The locations whose status may have changed since `since` by time alone: those with a
+ * measurement that turned stale in between.  Nothing else changes while nothing arrives.
+ */
+function turnedStale(since, now) {
+  const locs = new Set();
+  for (const r of store.readings.values()) {
+    const at = staleAt(r);
+    if (at > since && at <= now) {
+      const locId = sensorLoc.get(r.sensor_id);
+      if (locId !== undefined) locs.add(locId);
+    }
+  }
+  return locs;
 }
 
 /**
@@ -193,8 +320,8 @@ export function newestReading(loc) {
 }
 
 export function alertsAt(locId) {
-  const found = [];
-  for (const a of store.alerts.values()) if (a.loc_id === locId) found.push(a);
+  const at = store.alertsByLoc.get(locId);
+  const found = at ? [...at.values()] : [];
   found.sort((a, b) => (LEVELS[b.level] || 0) - (LEVELS[a.level] || 0));
   return found;
 }
@@ -240,7 +367,14 @@ export function startLive() {
   streams = [realtime, alerts];
   realtime.start();
   alerts.start();
-  // Ages go on while nothing arrives: re-judge staleness every few seconds.
-  setInterval(() => emit('tick'), 5000);
+  // Ages go on while nothing arrives: every few seconds, the locations whose newest
+  // measurement has just turned stale are named (and only they are repainted).
+  let judged = performance.now();
+  setInterval(() => {
+    const now = performance.now();
+    const locs = turnedStale(judged, now);
+    judged = now;
+    if (locs.size) emit('tick', locs);
+  }, 5000);
   return opened;
 }

@@ -1,5 +1,5 @@
 // Alert subscriptions (personal data: listed only with a token), editable in place.
-import { api, errorText, token } from './api.js';
+import { api, apiAll, errorText, token } from './api.js';
 import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { askLogin } from './login.js';
@@ -92,7 +92,7 @@ export function renderSubscriptions(section) {
       return;
     }
     try {
-      const rows = await api('/api/v1/subscriptions/?limit=1000');
+      const rows = await apiAll('/api/v1/subscriptions/', { key: 'subscription_id' });
       const body = el('tbody');
       for (const s of rows) {
         const toggle = el('button', { type: 'button', class: 'button', text: s.enabled ? t('subs.disable') : t('subs.enable') });

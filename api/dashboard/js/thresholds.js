@@ -1,6 +1,6 @@
 // The threshold editor: list, create, edit and delete bands; the API validates every
 // change and its message is shown as it is.  Presets add known sets of bands.
-import { api, errorText } from './api.js';
+import { api, apiAll, errorText } from './api.js';
 import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { dateTime } from './time.js';
@@ -104,7 +104,7 @@ export function renderThresholds(main) {
 
   const load = async () => {
     try {
-      const rows = await api('/api/v1/thresholds/?limit=1000');
+      const rows = await apiAll('/api/v1/thresholds/', { key: 'threshold_id' });
       const body = el('tbody');
       for (const b of rows) {
         const s = LEVEL_STATUS[b.level] || 'normal';
