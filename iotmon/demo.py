@@ -22,10 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,9 +122,26 @@ def stop_children(children: list[Child]) -> None:
             child.proc.kill()
 
 
-def keep_serving(settings: Settings, api: list[Child], wait: bool) -> None:
-    """Leave the API (and with it the dashboard) up after the simulation, showing what it
-    did, until Ctrl-C or until the stack is stopped (`make down`); then stop it."""
+def live_simulator_args(simulate_args: list[str]) -> list[str]:
+    """The simulator that keeps the board live after the demo's timed run: the same plant
+    (sensor ids and places follow from ``--sensors`` alone), gateway and transport, in
+    normal weather at wall-clock pace, with no end."""
+    kept = {"--sensors", "--via", "--gateway"}
+    found: list[str] = []
+    args = iter(simulate_args)
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name in kept:
+            found += [name, value if eq else next(args, "")]
+    return [*found, "--no-register", "--no-progress"]
+
+
+def keep_serving(
+    settings: Settings, api: list[Child], wait: bool, others: list[Child] | None = None
+) -> None:
+    """Leave the API (and with it the dashboard) up after the simulation, with ``others``
+    (the pipeline and a live simulator), until Ctrl-C or until the stack is stopped
+    (`make down`), or the API exits; then stop them all."""
     host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
     try:
         if wait and all(c.proc.poll() is None for c in api):
@@ -141,7 +161,7 @@ def keep_serving(settings: Settings, api: list[Child], wait: bool) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        stop_children(api)
+        stop_children([*(others or []), *api])
 
 
 def topic_counts(settings: Settings, ids: list[TopicId]) -> dict[str, int]:
@@ -425,8 +445,29 @@ def _report(headline: str, got: list[Delivery]) -> None:
         log.info("    … %d more; the last: %s", len(got) - SHOWN_TEXTS, _first_line(got[-1].text))
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def stopped_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal, `kill`) stop the demo the way Ctrl-C does, so
+    that its background services and simulators are stopped with it, never orphaned."""
+    kept = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
+
+
 def run_demo(settings: Settings, simulate_args: list[str]) -> int:
     """Run the demo; returns the simulator's exit code."""
+    with stopped_like_ctrl_c():
+        return _run_demo(settings, simulate_args)
+
+
+def _run_demo(settings: Settings, simulate_args: list[str]) -> int:
     log.info(
         "dashboard: http://%s:%d/ (stays up after the simulation until Ctrl-C or `make down`)",
         settings.api.host,
@@ -470,6 +511,7 @@ def _run_pipeline(
 ) -> int:
     children = start_children(settings, env)
     interrupted = False
+    simulated = 1
     try:
         time.sleep(3)  # let the bridge subscribe before gateways publish
         for child in children:
@@ -479,15 +521,19 @@ def _run_pipeline(
         if not any(a.startswith("--gateway") for a in simulate_args):
             local_gateway(settings, DEMO_GATEWAY)
             simulate_args = ["--gateway", DEMO_GATEWAY, *simulate_args]
-        return subprocess.call(_iotmon("simulate", *simulate_args))
+        simulated = subprocess.call(_iotmon("simulate", *simulate_args))
+        return simulated
     except KeyboardInterrupt:
         interrupted = True
         return 130
     finally:
         time.sleep(5)  # let the last readings through the pipeline
-        # The pipeline first; the notifier then sends what it still owes (digests included).
+        # The notifier sends what it still owes (digests included), then stops, so that
+        # the report below is final.  The pipeline and the API stay up for the live board.
         notifier = [c for c in children if c.name == "notifier"]
-        stop_children([c for c in children if c.name not in ("notifier", "api")])
+        pipeline = [c for c in children if c.name not in ("notifier", "api")]
+        if interrupted:
+            stop_children(pipeline)
         if all(c.proc.poll() is None for c in notifier):
             wait_for_deliveries(settings.db, after_id, subscription_ids, DELIVERY_WAIT_S)
         stop_children(notifier)
@@ -504,4 +550,27 @@ def _run_pipeline(
             notifications_since(settings.db, after_id),
             messages_since(settings.db, after_id),
         )
-        keep_serving(settings, [c for c in children if c.name == "api"], wait=not interrupted)
+        live = [] if interrupted or simulated != 0 else [live_simulator(settings, simulate_args)]
+        keep_serving(
+            settings,
+            [c for c in children if c.name == "api"],
+            wait=not interrupted,
+            others=[*live, *pipeline],
+        )
+
+
+def live_simulator(settings: Settings, simulate_args: list[str]) -> Child:
+    """Start the simulator that keeps the board live after the timed run (see
+    live_simulator_args); its log goes next to the services' logs."""
+    args = live_simulator_args(simulate_args)
+    log_file = settings.stack.state_dir / "demo" / "simulate-live.log"
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(_iotmon("simulate", *args), stdout=out, stderr=subprocess.STDOUT)
+    log.info(
+        "the board stays live: the simulated gateways go on reporting in normal weather"
+        " (iotmon simulate %s, pid %d, log in %s)",
+        " ".join(args),
+        proc.pid,
+        log_file,
+    )
+    return Child("simulate", proc, log_file)
