@@ -147,11 +147,13 @@ def test_threshold_editor_creates_and_shows_the_validation_error(
     form.get_by_label("Level").select_option("high")
     form.get_by_label("Min").fill("80")
     form.get_by_label("Max").fill("100")
+    # An emptied hold time takes the API's default (60 s), not 0.
+    form.locator("#th-hold").fill("")
     form.get_by_role("button", name="Add").click()
     expect(page.locator("#th-table tbody tr")).to_have_count(4)
     bands = httpx.get(f"{dashboard.url}/api/v1/thresholds/type/humidity", timeout=10).json()
-    assert [(b["level"], b["min_value"], b["max_value"]) for b in bands] == [
-        ("high", "80.00", "100.00")
+    assert [(b["level"], b["min_value"], b["max_value"], b["hold_seconds"]) for b in bands] == [
+        ("high", "80.00", "100.00", 60)
     ]
     # max < min: the API refuses it with 422, and its message is shown as it is.
     form.get_by_label("Metric").select_option("pcv_temperature")

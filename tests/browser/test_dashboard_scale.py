@@ -170,6 +170,17 @@ def test_lists_longer_than_one_page_of_the_api_are_whole(page: Page, dashboard: 
         extra + seeded_alerts
     )
 
+    # A location's page lists its newest 100 and leads to the console's history for it.
+    page.goto(dashboard.url + "/#/location/B011")
+    more = page.get_by_role(
+        "link", name="The newest 100 are shown; the alert console has them all."
+    )
+    more.click()
+    expect(page.get_by_label("Location id")).to_have_value("B011")
+    history = page.locator('section[aria-labelledby="history-h"]')
+    expect(history.locator("tr[data-alert]")).to_have_count(50)  # the first page
+    expect(history.locator("tr[data-alert] td", has_text="A012")).to_have_count(0)
+
     page.goto(dashboard.url + "/#/thresholds")
     sign_in(page)
     total = httpx.get(

@@ -5,7 +5,7 @@ import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { parseIsoDate, zonedTime } from './time.js';
 import {
-  DEFAULT_TZ, levelRank, loadActiveAlerts, on, reportError, store, updateAlert,
+  levelRank, loadActiveAlerts, on, reportError, store, updateAlert, zoneOf,
 } from './store.js';
 import { alertTable } from './alert-table.js';
 import { ensureLogin } from './login.js';
@@ -140,12 +140,12 @@ function activeSection() {
   return [section, () => { off(); clearTimeout(timer); window.removeEventListener('iotmon:token', tokenChanged); }];
 }
 
-function historySection() {
+function historySection(params) {
   const factories = [...new Set([...store.locations.values()].map((l) => l.factory))].sort();
   const controls = {
     factory: select([['', t('board.all')], ...factories.map((f) => [f, f])], ''),
     building: el('input', { type: 'text', maxlength: '100' }),
-    loc_id: el('input', { type: 'text', maxlength: '32' }),
+    loc_id: el('input', { type: 'text', maxlength: '32', value: params.get('loc_id') || '' }),
     metric: select(METRIC_OPTIONS(), ''),
     level: select([['', t('board.all')], ['warning', t('level.warning')], ['critical', t('level.critical')]], ''),
     kind: select([['', t('board.all')], ['threshold', t('alerts.kindThreshold')], ['sensor_silent', t('alerts.silent')]], ''),
@@ -161,15 +161,16 @@ function historySection() {
   };
   const form = el('form', { class: 'grid-form' }, Object.entries(controls).map(([k, c]) => field(labels[k], c)),
     el('div', { class: 'field' }, el('button', { type: 'submit', class: 'button primary', text: t('alerts.search') })));
+  const zoneNote = el('p', { class: 'note' });
   const status = el('div', { 'aria-live': 'polite', tabindex: '-1' });
   const list = el('div', { class: 'table-wrap' });
   const pager = el('div', { class: 'actions' });
   const limit = 50;
   let skip = 0;
   const load = async () => {
-    // Dates are days of the factory's zone (of the chosen factory, else the first one's).
-    const loc = [...store.locations.values()].find((l) => !controls.factory.value || l.factory === controls.factory.value);
-    const tz = (loc && loc.tz) || DEFAULT_TZ;
+    // Dates are days of the chosen location's or factory's zone (said on the page).
+    const tz = zoneOf({ loc_id: controls.loc_id.value.trim(), factory: controls.factory.value });
+    zoneNote.textContent = t('alerts.daysIn', { tz });
     const instant = (value, plusDay) => {
       const d = parseIsoDate(value);
       return d ? new Date(zonedTime(d.y, d.m, d.d + (plusDay ? 1 : 0), 0, 0, tz)).toISOString() : null;
@@ -197,14 +198,14 @@ function historySection() {
   form.addEventListener('submit', (event) => { event.preventDefault(); skip = 0; load(); });
   load();
   return el('section', { 'aria-labelledby': 'history-h', class: 'panel' },
-    el('h2', { id: 'history-h', text: t('alerts.history') }), form, status, list, pager);
+    el('h2', { id: 'history-h', text: t('alerts.history') }), form, zoneNote, status, list, pager);
 }
 
-export function renderAlerts(main) {
+export function renderAlerts(main, _args, params) {
   const [active, stopActive] = activeSection();
   const subscriptions = el('section', { class: 'panel', 'aria-labelledby': 'subs-h' });
   const silences = el('section', { class: 'panel', 'aria-labelledby': 'sil-h', hidden: true });
-  fill(main, el('h1', { text: t('alerts.title') }), active, historySection(), subscriptions, silences);
+  fill(main, el('h1', { text: t('alerts.title') }), active, historySection(params), subscriptions, silences);
   const stops = [stopActive, renderSubscriptions(subscriptions), renderSilences(silences)];
   loadActiveAlerts().catch(reportError);
   return () => { for (const stop of stops) if (stop) stop(); };

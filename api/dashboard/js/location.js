@@ -262,8 +262,12 @@ export function renderLocation(main, args, params) {
   };
   const loadHistory = async () => {
     try {
-      const rows = await api(`/api/v1/alerts/?loc_id=${encodeURIComponent(locId)}&limit=100`, { signal: controller.signal });
-      fill(history, rows.length ? alertTable(rows, { withLocation: false, anonymous: !token() }) : el('p', { class: 'empty', text: t('loc.noalerts') }));
+      const newest = 100;
+      const rows = await api(`/api/v1/alerts/?loc_id=${encodeURIComponent(locId)}&limit=${newest}`, { signal: controller.signal });
+      fill(history, rows.length ? alertTable(rows, { withLocation: false, anonymous: !token() }) : el('p', { class: 'empty', text: t('loc.noalerts') }),
+        rows.length >= newest ? el('p', { class: 'note' }, el('a', {
+          href: `#/alerts?loc_id=${encodeURIComponent(locId)}`, text: t('loc.historyCut', { n: newest }),
+        })) : null);
     } catch (err) {
       if (err.name !== 'AbortError') fill(history, message('error', errorText(err)));
     }

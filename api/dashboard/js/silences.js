@@ -5,14 +5,13 @@ import { api, apiAll, ApiError, errorText, token } from './api.js';
 import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { dateTime, zonedTime } from './time.js';
-import { DEFAULT_TZ, store } from './store.js';
+import { zoneOf } from './store.js';
 import { askLogin, ensureLogin } from './login.js';
 
 const SCOPE = ['plant', 'factory', 'building', 'floor', 'area', 'sensor_id'];
 
 function zoneFor(factory) {
-  const loc = [...store.locations.values()].find((l) => !factory || l.factory === factory);
-  return (loc && loc.tz) || DEFAULT_TZ;
+  return zoneOf({ factory });
 }
 
 /** A datetime-local value read as the wall clock of tz, as an ISO instant. */

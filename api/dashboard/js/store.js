@@ -38,6 +38,24 @@ export function tzOf(locId) {
   return (loc && loc.tz) || DEFAULT_TZ;
 }
 
+/**
+ * The zone of a scope ({loc_id, factory}, either may be empty): the location's, else the
+ * factory's (its first location's), else the one zone all locations share; the default
+ * zone when they do not share one.
+ */
+export function zoneOf({ loc_id: locId, factory } = {}) {
+  const loc = locId ? store.locations.get(locId) : null;
+  if (loc) return loc.tz;
+  const zones = new Set();
+  for (const l of store.locations.values()) {
+    if (!factory || l.factory === factory) {
+      if (factory) return l.tz;
+      zones.add(l.tz);
+    }
+  }
+  return zones.size === 1 ? [...zones][0] : DEFAULT_TZ;
+}
+
 export async function loadConfig() {
   try {
     Object.assign(store.config, await api('/dashboard/config.json'));

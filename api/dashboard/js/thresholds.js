@@ -4,7 +4,7 @@ import { api, apiAll, errorText } from './api.js';
 import { t } from './i18n.js';
 import { el, field, fill, message, select } from './dom.js';
 import { dateTime } from './time.js';
-import { DEFAULT_TZ, store } from './store.js';
+import { store, zoneOf } from './store.js';
 import { ensureLogin } from './login.js';
 
 const TYPES = ['pcv_temperature', 'temperature', 'humidity'];
@@ -85,9 +85,13 @@ export function renderThresholds(main) {
         max_value: text(c.max_value) === '' ? null : text(c.max_value),
         factory: text(c.factory) || null, building: text(c.building) || null,
         floor: text(c.floor) === '' ? null : Number(text(c.floor)), loc_id: text(c.loc_id) || null,
-        hold_seconds: Number(text(c.hold_seconds) || 0), clear_seconds: Number(text(c.clear_seconds) || 0),
         clear_margin: text(c.clear_margin) || '0',
       };
+      // An emptied hold or clear time takes the API's default, never 0 (which would
+      // raise an alert on the first reading out of band).
+      for (const key of ['hold_seconds', 'clear_seconds']) {
+        if (text(c[key]) !== '') body[key] = Number(text(c[key]));
+      }
       try {
         if (editing) await api(`/api/v1/thresholds/${editing.threshold_id}`, { method: 'PUT', body });
         else await api('/api/v1/thresholds/', { method: 'POST', body });
@@ -128,7 +132,7 @@ export function renderThresholds(main) {
           el('td', { class: 'num', text: bound(b.min_value) }), el('td', { class: 'num', text: bound(b.max_value) }),
           el('td', { text: scopeText(b) }), el('td', { class: 'num', text: b.hold_seconds }),
           el('td', { class: 'num', text: b.clear_seconds }), el('td', { class: 'num', text: b.clear_margin }),
-          el('td', { text: dateTime(b.upd_dt, DEFAULT_TZ) }),
+          el('td', { text: dateTime(b.upd_dt, zoneOf(b)) }),
           el('td', {}, el('div', { class: 'actions' }, edit, remove))));
       }
       const head = ['#', t('th.type'), t('th.level'), t('th.min'), t('th.max'), t('th.scope'), t('th.hold'),
