@@ -18,7 +18,12 @@ system's ``chromium``) with Playwright:
   that sensor's tile showed the new value and the frame after it was painted; the
   latency is from just before the produce call to that paint (one machine, one clock).
   It covers Kafka, the API's live stream and the page, not the stages before the latest
-  topic (their latency is in ``bench.latency``).
+  topic (their latency is in ``bench.latency``);
+* **alert event**: with ``--alerts`` active alerts already on the board, ``--updates``
+  times an alert is raised (produced to the alerts topic) at a location that had none, and
+  the page records when that tile's badge was painted.  The live update above is its
+  baseline: an alert event repaints the tiles it names, so it should cost no more than a
+  reading does, however many locations and alerts the board holds.
 
 The numbers go to ``bench/results/<name>.{json,md}`` and docs/performance.md.
 """
@@ -37,6 +42,7 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import psycopg
@@ -48,9 +54,11 @@ from iotmon.db.migrate import migrate
 from iotmon.settings import Settings
 from iotmon.topics import delete_prefixed_topics, ensure_topics
 from producers.kafka import make_producer
+from schemas.alerts import AlertEvent, AlertKind, AlertTransition
 from schemas.common import Status
 from schemas.readings import SensorStatus
 from schemas.topics import topic_name
+from stream_apps.sinks.alerts import AlertsWriter
 
 FACTORIES = 4
 BUILDINGS = 5
@@ -75,8 +83,52 @@ WATCH = """
 """
 
 
-def fill(settings: Settings, locations: int) -> None:
-    """A fresh schema with ``locations`` locations, one sensor and one latest reading each."""
+# Runs in the page: sets ``window.benchResult`` once the tile of ``loc`` shows an alert
+# badge, like WATCH.
+WATCH_ALERT = """
+(loc) => {
+  window.benchResult = null;
+  const badge = document.querySelector(`.tile[data-loc="${loc}"] .tile-alert`);
+  const now = () => performance.timeOrigin + performance.now();
+  const observer = new MutationObserver(() => {
+    if (!badge.hidden) {
+      observer.disconnect();
+      const shown = now();
+      requestAnimationFrame(() => setTimeout(() => { window.benchResult = [shown, now()]; }, 0));
+    }
+  });
+  observer.observe(badge, {
+    attributes: true, childList: true, characterData: true, subtree: true,
+  });
+}
+"""
+
+
+def raised(loc: str, value: Decimal) -> AlertEvent:
+    at = datetime.now(UTC)
+    return AlertEvent(
+        event_id=uuid4(),
+        alert_id=uuid4(),
+        kind=AlertKind.THRESHOLD,
+        transition=AlertTransition.RAISED,
+        sensor_id=f"TEMPIOT-{loc}",
+        loc_id=loc,
+        metric="temperature",
+        level=Status.WARNING,
+        measured_value=value,
+        threshold_id=1,
+        threshold_level="yellow",
+        threshold_min=Decimal("31.00"),
+        threshold_max=Decimal("32.90"),
+        reading_time=at,
+        decided_at=at,
+        message=f"temperature {value}",
+    )
+
+
+def fill(settings: Settings, locations: int, alerts: int) -> None:
+    """A fresh schema with ``locations`` locations, one sensor and one latest reading each,
+    and ``alerts`` active alerts at the first locations."""
     with psycopg.connect(settings.db.url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
@@ -109,6 +161,9 @@ def fill(settings: Settings, locations: int) -> None:
             " (ARRAY['normal', 'normal', 'normal', 'warning', 'critical'])"
             "[1 + (random() * 4)::int],"
             " NULL, 'normal' FROM sensors s"
+        )
+        AlertsWriter().write(
+            conn, [raised(f"L{i % locations:04d}", Decimal("31.50")) for i in range(alerts)]
         )
         conn.execute("ANALYZE")
 
@@ -189,11 +244,24 @@ def live_update(page: Page, producer: Any, topic: str, sensor: str, loc: str, n:
     return (float(painted) - sent) / 1000
 
 
+def alert_paint(page: Page, producer: Any, topic: str, loc: str, n: int) -> float:
+    """Seconds from producing an alert raised at ``loc`` to its tile's badge painted."""
+    page.evaluate(WATCH_ALERT, loc)
+    event = raised(loc, Decimal(f"{31 + n % 2}.{n % 10}0"))
+    sent = time.time() * 1000
+    producer.produce(topic, key=event.sensor_id.encode(), value=event.model_dump_json().encode())
+    producer.flush(10)
+    page.wait_for_function("() => window.benchResult !== null", timeout=30_000)
+    _shown, painted = page.evaluate("() => window.benchResult")
+    return (float(painted) - sent) / 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--locations", type=int, default=1000)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--updates", type=int, default=30)
+    parser.add_argument("--alerts", type=int, default=500, help="active alerts on the board")
     parser.add_argument("--schema", default="bench_dashboard")
     parser.add_argument("--name", default="dashboard", help="results file under bench/results/")
     args = parser.parse_args()
@@ -209,7 +277,9 @@ def main() -> None:
         }
     )
     ensure_topics(settings.kafka)
-    fill(settings, args.locations)
+    if not 0 <= args.alerts < args.locations:
+        parser.error("--alerts must be less than --locations (alerts go to locations with none)")
+    fill(settings, args.locations, args.alerts)
     port = _free_port()
     api = start_api(settings, port)
     base = f"http://127.0.0.1:{port}"
@@ -255,6 +325,23 @@ def main() -> None:
                     "max_ms": summary["max_ms"],
                 }
             )
+            # Raised where no alert is yet: every event adds a badge.
+            alerts_topic = topic_name("alerts", settings.kafka.topic_prefix)
+            free = rng.sample(range(args.alerts, args.locations), args.updates)
+            alert_latencies = [
+                alert_paint(page, producer, alerts_topic, f"L{i:04d}", n)
+                for n, i in enumerate(free)
+            ]
+            summary = latency_summary(alert_latencies)
+            rows.append(
+                {
+                    "measure": f"alert event ({args.alerts} active): produced to painted",
+                    "runs": len(alert_latencies),
+                    "median_ms": summary["p50_ms"],
+                    "p95_ms": summary["p95_ms"],
+                    "max_ms": summary["max_ms"],
+                }
+            )
             browser.close()
     finally:
         api.terminate()
@@ -264,7 +351,7 @@ def main() -> None:
         args.name,
         rows,
         ["measure", "runs", "median_ms", "p95_ms", "max_ms"],
-        extra={"locations": args.locations, "browser": chromium},
+        extra={"locations": args.locations, "alerts": args.alerts, "browser": chromium},
     )
 
 
