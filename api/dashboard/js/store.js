@@ -71,6 +71,7 @@ const sensorLoc = new Map();
 // are kept but not drawn, and the API is asked again after a while.
 const ignored = new Map(); // sensor_id -> performance.now() of the answer
 const ASK_AGAIN_MS = 60_000;
+let placedAll = false; // the whole list of locations has been read once
 const BATCH = 200; // the API's most ids in one /location/batch request
 
 function locationOf(r) {
@@ -123,6 +124,10 @@ export async function loadLocations() {
   sensorLoc.clear();
   ignored.clear();
   placeSensors(rows);
+  // Measurements that arrived first, of sensors the list does not place: not drawn.
+  const now = performance.now();
+  for (const id of store.readings.keys()) if (!sensorLoc.has(id)) ignored.set(id, now);
+  placedAll = true;
   emit('locations');
 }
 
@@ -173,7 +178,7 @@ function applyMeasurement(m) {
   });
   const placed = sensorLoc.get(m.sensor_id);
   if (placed === undefined || (locId !== undefined && locId !== placed)) {
-    lookUp(m.sensor_id);
+    if (placedAll) lookUp(m.sensor_id); // before that, the list will place it
     return null;
   }
   return placed;
