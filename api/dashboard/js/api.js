@@ -76,7 +76,8 @@ export async function api(path, { method = 'GET', body, signal, check = false, a
 /**
  * Every row of a list endpoint that pages with skip/limit (its order is stable), asked for
  * `size` rows at a time until a page comes back short.  A row that moved between two pages
- * (the list changed meanwhile) is kept once, by `key`.
+ * (the list changed meanwhile) is kept once, by `key`; the reading stops at a page that
+ * brings nothing new.
  */
 export async function apiAll(path, { key, size = 1000, signal } = {}) {
   const join = path.includes('?') ? '&' : '?';
@@ -85,6 +86,8 @@ export async function apiAll(path, { key, size = 1000, signal } = {}) {
   for (let skip = 0; ; skip += size) {
     // eslint-disable-next-line no-await-in-loop
     const page = await api(`${path}${join}limit=${size}&skip=${skip}`, { signal });
+    if (!Array.isArray(page)) throw new ApiError(0, `${path}: not a list`);
+    const before = rows.length;
     for (const row of page) {
       const id = key ? row[key] : null;
       if (id !== null && id !== undefined) {
@@ -93,7 +96,9 @@ export async function apiAll(path, { key, size = 1000, signal } = {}) {
       }
       rows.push(row);
     }
-    if (page.length < size) return rows;
+    // A short page is the last; a full page of rows already seen means the server does
+    // not page (a proxy that drops `skip`), and asking on would never end.
+    if (page.length < size || rows.length === before) return rows;
   }
 }
 
