@@ -205,11 +205,20 @@ def dashboard(stack: Settings, kafka: KafkaSettings, db: DatabaseSettings) -> It
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh page (own storage) in English, tablet-sized, that fails the test on a script
-    error or a blocked resource (a Content-Security-Policy violation)."""
+    error, a blocked resource (a Content-Security-Policy violation) or a file of the page
+    (not an API answer) that is missing, such as the icon."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
     found = context.new_page()
     errors: list[str] = []
     found.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    found.on(
+        "response",
+        lambda r: (
+            errors.append(f"{r.status} for {r.url}")
+            if r.status >= 400 and "/api/v1/" not in r.url
+            else None
+        ),
+    )
     found.on(
         "console",
         lambda msg: (

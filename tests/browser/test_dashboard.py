@@ -87,6 +87,10 @@ def test_location_page_charts_bands_and_history(page: Page, dashboard: Dashboard
     expect(page.locator('.chart[data-metric="pcv_temperature"] .bands')).to_contain_text(
         "yellow 31–32.9"
     )
+    # A band open above reads as such, not as a range cut short.
+    expect(page.locator('.chart[data-metric="pcv_temperature"] .bands')).to_contain_text(
+        "orange ≥ 33"
+    )
     expect(page.get_by_role("heading", name="Alert history")).to_be_visible()
     # The week view asks the API for seven local days.
     with page.expect_response(re.compile(r"/api/v1/aggregation/.*start_date=\d{8}")) as answer:
@@ -163,6 +167,11 @@ def test_threshold_editor_creates_and_shows_the_validation_error(
     error = page.locator("#th-error [role=alert]")
     expect(error).to_contain_text("max_value must be greater than min_value")
     assert len(httpx.get(f"{dashboard.url}/api/v1/thresholds/", timeout=10).json()) == 4
+    # The earlier "Saved." does not stand beside the error.
+    expect(page.locator("#th-status")).not_to_contain_text("Saved")
+    # Dates in English are in ISO order (05/12/2026 is a different day in the UK and US).
+    updated = page.locator("#th-table tbody tr td:nth-child(10)").first
+    expect(updated).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}$"))
     screenshot(page, "thresholds")
 
 

@@ -88,6 +88,13 @@ function hoursOf(start, end, tz) {
   return hours;
 }
 
+/** "31–32.9", "≥ 33" or "≤ 10" (a band open on one side). */
+function bandRange(b) {
+  if (b.min !== null && b.max !== null) return `${b.min}–${b.max}`;
+  if (b.min !== null) return `≥ ${b.min}`;
+  return b.max !== null ? `≤ ${b.max}` : '';
+}
+
 function chartFor(canvas, metric, unit, colours, hours, buckets, bands) {
   const points = (field) => hours.map((h) => {
     const b = buckets.get(h.key);
@@ -253,7 +260,7 @@ export function renderLocation(main, args, params) {
       const box = el('section', { class: 'chart', dataset: { metric } },
         el('h2', { text: title }), el('div', { class: 'chart-box' }, canvas));
       if (metricBands.length) {
-        box.append(el('p', { class: 'note bands' }, `${t('loc.bands')}: `, metricBands.map((b) => `${b.level} ${b.min ?? '…'}–${b.max ?? '…'}`).join(', ')));
+        box.append(el('p', { class: 'note bands' }, `${t('loc.bands')}: `, metricBands.map((b) => `${b.level} ${bandRange(b)}`).join(', ')));
       }
       chartArea.append(box);
       if (chartLib) charts.push(chartFor(canvas, metric, unit, colours, hours, buckets, metricBands));

@@ -41,7 +41,7 @@ function scopeText(b) {
 const bound = (v) => (v === null || v === undefined ? t('th.open') : v);
 
 export function renderThresholds(main) {
-  const status = el('div', { 'aria-live': 'polite' });
+  const status = el('div', { id: 'th-status', 'aria-live': 'polite' });
   const list = el('div', { class: 'table-wrap' });
   const formBox = el('section', { class: 'panel', 'aria-labelledby': 'th-form-h' });
   const presetBox = el('section', { class: 'panel', 'aria-labelledby': 'th-presets-h' });
@@ -76,6 +76,7 @@ export function renderThresholds(main) {
         band ? el('button', { type: 'button', class: 'button', text: t('cancel'), onclick: () => buildForm(null) }) : null));
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
+      fill(status); // an earlier "Saved." must not stand beside this attempt's error
       if (!(await ensureLogin())) return;
       // Numbers are sent as the text typed (decimal strings, as the API answers them).
       const text = (node) => node.value.trim();

@@ -18,10 +18,16 @@ const DATE_TIME = {
 };
 const TIME = { hour: '2-digit', minute: '2-digit', second: '2-digit' };
 
-/** "2026. 12. 05. 14:03" in tz; '' for no time. */
+/**
+ * "2026. 12. 05. 14:03" (Korean) or "2026-12-05 14:03" (English: ISO order, since
+ * 05/12/2026 reads as a different day in the UK and in the US) in tz; '' for no time.
+ */
 export function dateTime(value, tz) {
   if (!value) return '';
-  return formatter(tz, DATE_TIME).format(new Date(value));
+  const f = formatter(tz, DATE_TIME);
+  if (!locale().startsWith('en')) return f.format(new Date(value));
+  const p = Object.fromEntries(f.formatToParts(new Date(value)).map((x) => [x.type, x.value]));
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}`;
 }
 
 export function clock(value, tz) {
