@@ -1,8 +1,11 @@
 """`iotmon demo`: the whole pipeline on the local stack with simulated gateways.
 
 Starts the long-running processes (bridge, ingest, worker, sink, API, notifier) as children
-with their logs under the state directory, runs the gateway simulator in the foreground, then
-stops the children and prints how many records each topic received.
+with their logs under the state directory, runs the gateway simulator in the foreground, and
+prints how many records each topic received in this run.  Then everything stays up, with a
+simulator reporting normal weather (:func:`live_simulator_args`), so that the dashboard stays
+live until Ctrl-C, SIGTERM or SIGHUP (:func:`stopped_like_ctrl_c`), or until the stack is
+stopped; then the children are stopped.
 
 Alert delivery is shown with receivers inside this process (:mod:`iotmon.demo_receivers`):
 a webhook receiver that checks the signature, a Slack-format endpoint and an SMTP sink.  The
@@ -11,10 +14,10 @@ every run (new ports, a new webhook secret), enabled while the demo runs and dis
 ends, since their targets end with it.  The notifier reads the alerts topic in its own
 consumer group, moved to the end of the topic first, so it tells of this run's alerts only;
 it also delivers to every other enabled subscription of the database.  After the simulator
-the pipeline stops first; the notifier gets up to :data:`DELIVERY_WAIT_S` to send what it
-owes the receivers (a rate limit's digest comes after its minute), and what it has not sent
-by then is marked FAILED.  At the end the demo prints what each receiver got and the
-notification log of this run by channel and status.
+the notifier gets up to :data:`DELIVERY_WAIT_S` to send what it owes the receivers (a rate
+limit's digest comes after its minute); then the demo prints what each receiver got and the
+notification log of this run by channel and status.  The notifier goes on while the demo
+stays up; what it still owes the receivers when the demo ends is marked FAILED.
 """
 
 from __future__ import annotations
@@ -164,22 +167,23 @@ def keep_serving(
         stop_children([*(others or []), *api])
 
 
-def topic_counts(settings: Settings, ids: list[TopicId]) -> dict[str, int]:
-    """Records in each topic (sum of end minus start offsets)."""
+def topic_offsets(settings: Settings, ids: list[TopicId]) -> dict[str, tuple[int, int]]:
+    """Per topic, the sums over its partitions of the start and the end offsets: records
+    kept are end minus start; records added between two calls, the difference of ends."""
     consumer = Consumer({**settings.kafka.client_config(), "group.id": "iotmon-demo-count"})
-    counts: dict[str, int] = {}
+    offsets: dict[str, tuple[int, int]] = {}
     try:
         for topic_id in ids:
             name = topic_name(topic_id, settings.kafka.topic_prefix)
             meta = consumer.list_topics(name, timeout=10).topics[name]
-            total = 0
+            low_sum = high_sum = 0
             for p in meta.partitions:
                 low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-                total += high - low
-            counts[name] = total
+                low_sum, high_sum = low_sum + low, high_sum + high
+            offsets[name] = (low_sum, high_sum)
     finally:
         consumer.close()
-    return counts
+    return offsets
 
 
 # -- deliveries ---------------------------------------------------------------------------
@@ -365,7 +369,9 @@ def wait_for_deliveries(
     left = owed(db, after_id, subscription_ids)
     if left:
         log.info(
-            "waiting up to %.0f s for %d notifications (a rate limit holds some back for a digest)",
+            "waiting up to %.0f s until the notifier owes the demo's receivers nothing"
+            " (%d owed now, more as the last alerts come in; a rate limit holds some back"
+            " for a digest)",
             timeout_s,
             left,
         )
@@ -446,6 +452,7 @@ def _report(headline: str, got: list[Delivery]) -> None:
 
 
 def _interrupt(signum: int, _frame: object) -> None:
+    log.info("%s: stopping the demo and what it started", signal.Signals(signum).name)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -509,6 +516,7 @@ def _run_pipeline(
     webhook: WebhookReceiver,
     smtp: SmtpSink,
 ) -> int:
+    before = topic_offsets(settings, DEMO_TOPICS)
     children = start_children(settings, env)
     interrupted = False
     simulated = 1
@@ -528,22 +536,25 @@ def _run_pipeline(
         return 130
     finally:
         time.sleep(5)  # let the last readings through the pipeline
-        # The notifier sends what it still owes (digests included), then stops, so that
-        # the report below is final.  The pipeline and the API stay up for the live board.
+        # The notifier gets a while to send what it owes (digests included) before the
+        # report.  Then everything stays up for the live board (unless interrupted).
         notifier = [c for c in children if c.name == "notifier"]
         pipeline = [c for c in children if c.name not in ("notifier", "api")]
         if interrupted:
             stop_children(pipeline)
         if all(c.proc.poll() is None for c in notifier):
             wait_for_deliveries(settings.db, after_id, subscription_ids, DELIVERY_WAIT_S)
-        stop_children(notifier)
-        if left := give_up_owed(settings.db, subscription_ids):
-            log.info("%d notifications to the demo's receivers were not sent in time", left)
-        for name, count in topic_counts(
-            settings,
-            DEMO_TOPICS,
-        ).items():
-            log.info("topic %-40s %8d records", name, count)
+        if interrupted:
+            stop_children(notifier)
+            give_up(settings.db, subscription_ids)
+        for name, (low, high) in topic_offsets(settings, DEMO_TOPICS).items():
+            added = high - before.get(name, (0, 0))[1]
+            log.info(
+                "topic %-40s %8d records in this run (%d kept in the topic)",
+                name,
+                added,
+                high - low,
+            )
         report_deliveries(
             webhook,
             smtp,
@@ -551,12 +562,22 @@ def _run_pipeline(
             messages_since(settings.db, after_id),
         )
         live = [] if interrupted or simulated != 0 else [live_simulator(settings, simulate_args)]
-        keep_serving(
-            settings,
-            [c for c in children if c.name == "api"],
-            wait=not interrupted,
-            others=[*live, *pipeline],
-        )
+        if not interrupted:
+            keep_serving(
+                settings,
+                [c for c in children if c.name == "api"],
+                wait=True,
+                others=[*live, *pipeline, *notifier],
+            )
+            give_up(settings.db, subscription_ids)
+        else:
+            stop_children([c for c in children if c.name == "api"])
+
+
+def give_up(db: DatabaseSettings, subscription_ids: list[int]) -> None:
+    """What the notifier still owes the demo's receivers when they go: marked FAILED."""
+    if left := give_up_owed(db, subscription_ids):
+        log.info("%d notifications to the demo's receivers were not sent in time", left)
 
 
 def live_simulator(settings: Settings, simulate_args: list[str]) -> Child:
