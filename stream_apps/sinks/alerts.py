@@ -8,9 +8,17 @@ of a replay) still ends in the right row once both are in.
 
 The upsert keeps what people changed: the ``acknowledged_*`` columns and ``resolve_note``
 are never written here, and a resolved alert is never re-activated (its resolution is kept
-as stored).  A row is only replaced by one whose ``updated_at`` (the decision time of the
-last event applied) is at least the stored one.  The API must therefore leave
-``updated_at`` alone when it acknowledges an alert.
+as stored; only a resolution by supersession, below, gives way to the alert's own).  A row
+is only replaced by one whose ``updated_at`` (the decision time of the last event applied)
+is at least the stored one.  The API must therefore leave ``updated_at`` alone when it
+acknowledges an alert.
+
+There is one active alert per sensor, kind and metric.  When an alert is raised while the
+table still holds an older active one of the same sensor, kind and metric, the stream no
+longer knows the older one (its state was lost: a changelog deleted, a Kafka cluster
+rebuilt beside a kept database), and nothing would ever resolve it.  It is resolved then,
+``resolved_by = 'superseded'``, with a note naming the new alert.  Should the older alert's
+own resolution arrive later (a replay out of order), it replaces the supersession.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ log = logging.getLogger(__name__)
 ACTIVE = "active"
 RESOLVED = "resolved"
 RESOLVED_BY_SYSTEM = "system"
+SUPERSEDED = "superseded"
 
 # Tie-break of events decided at the same instant: an alert is raised before it changes
 # level, and changes level before it is resolved.
@@ -152,9 +161,12 @@ _DERIVED = tuple(c for c in _ROW_COLUMNS if c != "alert_id")
 def _assignment(column: str) -> sql.Composed:
     if column in _RESOLUTION:
         return sql.SQL(
-            "{col} = CASE WHEN alerts.state = 'resolved' THEN {stored} ELSE {incoming} END"
+            "{col} = CASE WHEN alerts.state = 'resolved' AND NOT"
+            " (alerts.resolved_by = {superseded} AND excluded.state = 'resolved')"
+            " THEN {stored} ELSE {incoming} END"
         ).format(
             col=sql.Identifier(column),
+            superseded=sql.Literal(SUPERSEDED),
             stored=sql.Identifier("alerts", column),
             incoming=sql.Identifier("excluded", column),
         )
@@ -175,6 +187,17 @@ _UPSERT_ALERT = sql.SQL(
     incoming=sql.SQL(", ").join(sql.Identifier("excluded", c) for c in _DERIVED),
     stored=sql.SQL(", ").join(sql.Identifier("alerts", c) for c in _DERIVED),
 )
+
+
+# Older active alerts of the same sensor, kind and metric as a newer active one: resolved
+# as superseded (see the module's docstring).
+_SUPERSEDE = sql.SQL(
+    "UPDATE alerts SET state = 'resolved', resolved_at = %(at)s, resolved_by = {superseded},"
+    " resolve_note = coalesce(resolve_note, %(note)s)"
+    " WHERE state = 'active' AND sensor_id = %(sensor)s AND kind = %(kind)s"
+    " AND alert_type IS NOT DISTINCT FROM %(metric)s"
+    " AND alert_time < %(at)s AND alert_id <> %(alert)s"
+).format(superseded=sql.Literal(SUPERSEDED))
 
 
 def _valid(events: Iterable[AlertEvent]) -> dict[UUID, AlertEvent]:
@@ -237,4 +260,28 @@ class AlertsWriter:
                 stored[event.alert_id].append(event)
             rows = [row for evs in stored.values() if (row := alert_row(evs)) is not None]
             cur.executemany(_UPSERT_ALERT, [astuple(row) for row in rows])
-            return changed + max(cur.rowcount, 0)
+            changed += max(cur.rowcount, 0)
+            superseded = 0
+            for row in rows:
+                if row.state != ACTIVE:
+                    continue
+                cur.execute(
+                    _SUPERSEDE,
+                    {
+                        "at": row.alert_time,
+                        "note": f"superseded by alert {row.alert_id}, raised for the same"
+                        " sensor and metric while this one was still active",
+                        "sensor": row.sensor_id,
+                        "kind": row.kind,
+                        "metric": row.alert_type,
+                        "alert": row.alert_id,
+                    },
+                )
+                superseded += max(cur.rowcount, 0)
+            if superseded:
+                log.warning(
+                    "%d older active alert(s) resolved as superseded by a newer alert of the"
+                    " same sensor and metric (the stream's state had lost them)",
+                    superseded,
+                )
+            return changed + superseded

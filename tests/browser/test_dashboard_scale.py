@@ -56,14 +56,16 @@ def status(sensor: str, loc: str, at: datetime, temperature: str) -> SensorStatu
     )
 
 
-def alert(loc: str, transition: AlertTransition, alert_id: Any = None) -> AlertEvent:
+def alert(
+    loc: str, transition: AlertTransition, alert_id: Any = None, sensor: str | None = None
+) -> AlertEvent:
     at = datetime.now(UTC)
     return AlertEvent(
         event_id=uuid4(),
         alert_id=alert_id or uuid4(),
         kind=AlertKind.THRESHOLD,
         transition=transition,
-        sensor_id=f"TEMPIOT-{loc}",
+        sensor_id=sensor or f"TEMPIOT-{loc}",
         loc_id=loc,
         metric="temperature",
         level=Status.WARNING,
@@ -152,7 +154,14 @@ def test_sensors_registered_after_the_page_loaded_are_drawn_from_the_api(
 def test_lists_longer_than_one_page_of_the_api_are_whole(page: Page, dashboard: Dashboard) -> None:
     extra = 1_003  # more than one page (1,000) of /alerts/ and of /thresholds/
     with _sql(dashboard.db) as conn:
-        AlertsWriter().write(conn, [alert("B011", AlertTransition.RAISED) for _ in range(extra)])
+        # A sensor has one active alert per metric: each of these is another sensor's.
+        AlertsWriter().write(
+            conn,
+            [
+                alert("B011", AlertTransition.RAISED, sensor=f"TEMPIOT-B011N{n}")
+                for n in range(extra)
+            ],
+        )
         conn.execute(
             "INSERT INTO thresholds (threshold_type, level, min_value, max_value, factory)"
             " SELECT 'humidity', 'green', 0, 100, 'F' || n FROM generate_series(1, %s) n",

@@ -522,3 +522,55 @@ def test_a_resolved_alert_is_never_reactivated(sinks: Sinks) -> None:
     assert sinks.rows("SELECT resolve_note FROM alerts WHERE alert_id = %s", (second,)) == [
         ("fan fixed",)
     ]
+
+
+def test_an_alert_the_stream_lost_is_superseded_by_the_next_one(sinks: Sinks) -> None:
+    """The stream's state lost an active alert (its raise is stored, nothing will resolve
+    it); the next alert of the same sensor and metric resolves it as superseded.  Another
+    metric's alert is left alone; an out-of-order replay of the lost alert's own resolution
+    replaces the supersession."""
+    live = sinks.start("alerts")
+    lost, other_metric, newer = (uuid.uuid4() for _ in range(3))
+    temperature = alert_event(other_metric, AlertTransition.RAISED, 2).model_copy(
+        update={"metric": "temperature"}
+    )
+    sinks.send(
+        "alerts",
+        SENSOR,
+        [
+            alert_event(lost, AlertTransition.RAISED, 1),
+            temperature,
+        ],
+    )
+    live.wait_records(2)
+    raised = alert_event(newer, AlertTransition.RAISED, 30)
+    sinks.send("alerts", SENSOR, [raised])
+    live.wait_records(3)
+
+    row = alert(sinks, lost)
+    assert (row["state"], row["resolved_by"], row["resolved_at"]) == (
+        "resolved",
+        "superseded",
+        raised.decided_at,
+    )
+    [(note,)] = sinks.rows("SELECT resolve_note FROM alerts WHERE alert_id = %s", (lost,))
+    assert str(newer) in note
+    assert alert(sinks, newer)["state"] == "active"
+    assert alert(sinks, other_metric)["state"] == "active"  # another metric
+    active = sinks.rows(
+        "SELECT count(*) FROM alerts WHERE state = 'active' AND sensor_id = %s"
+        " AND alert_type = 'pcv_temperature'",
+        (SENSOR,),
+    )
+    assert active == [(1,)]
+
+    # The lost alert's own resolution, replayed late: it is the true end.
+    own = alert_event(lost, AlertTransition.RESOLVED, 12)
+    sinks.send("alerts", SENSOR, [own])
+    live.wait_records(4)
+    row = alert(sinks, lost)
+    assert (row["state"], row["resolved_by"], row["resolved_at"]) == (
+        "resolved",
+        "system",
+        own.decided_at,
+    )
