@@ -151,8 +151,16 @@ def test_threshold_editor_creates_and_shows_the_validation_error(
     form.get_by_label("Level").select_option("high")
     form.get_by_label("Min").fill("80")
     form.get_by_label("Max").fill("100")
-    # An emptied hold time takes the API's default (60 s), not 0.
+    # An emptied hold time is refused by the form (it is neither 0 nor a silent default).
     form.locator("#th-hold").fill("")
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    form.get_by_role("button", name="Add").click()
+    expect(page.locator("#th-error [role=alert]")).to_contain_text("Hold (s): a value is required")
+    page.wait_for_timeout(300)
+    assert posts == []
+    expect(page.locator("#th-table tbody tr")).to_have_count(3)
+    form.locator("#th-hold").fill("60")
     form.get_by_role("button", name="Add").click()
     expect(page.locator("#th-table tbody tr")).to_have_count(4)
     bands = httpx.get(f"{dashboard.url}/api/v1/thresholds/type/humidity", timeout=10).json()

@@ -242,3 +242,64 @@ def test_live_changes_repaint_their_own_tiles_only(
     publish_keyed(kafka, "alerts", [(resolved.sensor_id, resolved)])
     expect(page.locator('.tile[data-loc="B011"] .tile-alert')).to_be_hidden(timeout=20_000)
     assert set(page.evaluate("() => [...window.repainted]")) == {"B011"}
+
+
+def test_odd_streams_neither_flood_the_api_nor_leave_wrong_tiles(
+    page: Page, dashboard: Dashboard, kafka: KafkaSettings
+) -> None:
+    """What a hostile or confused source puts on the stream: an id the API cannot be asked
+    about, a location the API disagrees with, a sensor moved away from its only location,
+    an alert at a location nobody registered."""
+    lookups: list[str] = []
+    page.on(
+        "request", lambda r: lookups.append(r.url) if "/api/v1/location/batch/" in r.url else None
+    )
+    page.goto(dashboard.url + "/")
+    expect(page.locator("#live")).to_have_text("Live")
+    register(dashboard, "TEMPIOT-C021", "C021", location_name="Compressor")
+    # B012's only sensor moves to B011: B012 leaves the board.
+    moved = httpx.put(
+        dashboard.url + "/api/v1/location/TEMPIOT-B012",
+        json={"sensor": {"loc_id": "B011"}},
+        headers=OPERATOR,
+        timeout=30,
+    )
+    assert moved.status_code == 200, moved.text
+    for n in range(8):
+        at = datetime.now(UTC)
+        publish_keyed(
+            kafka,
+            "latest",
+            [
+                ("bad/id", status("bad/id", "C021", at, "30.0")),
+                ("TEMPIOT-C021", status("TEMPIOT-C021", "C021", at, f"2{n}.5")),
+                # The stream names another location than the API does.
+                ("TEMPIOT-A011", status("TEMPIOT-A011", "A012", at, f"1{n}.5")),
+                ("TEMPIOT-B012", status("TEMPIOT-B012", "B011", at, "19.5")),
+            ],
+        )
+        page.wait_for_timeout(300)
+    expect(page.locator('.tile[data-loc="C021"] .tile-name')).to_have_text("Compressor")
+    expect(page.locator('.tile[data-loc="C021"] dd[data-metric="temperature"]')).to_have_text(
+        "27.5 °C"
+    )
+    # A011's readings are drawn where the API placed the sensor.
+    expect(page.locator('.tile[data-loc="A011"] dd[data-metric="temperature"]')).to_have_text(
+        "17.5 °C"
+    )
+    expect(page.locator('.tile[data-loc="B012"]')).to_have_count(0)
+    expect(page.locator('.tile[data-loc="B011"] dd[data-metric="temperature"]')).to_have_text(
+        "19.5 °C"
+    )
+    # Asked about once each, not once per reading; the bad id never.
+    asked = [u for u in lookups if "TEMPIOT-A011" in u]
+    assert len(asked) == 1, lookups
+    assert not [u for u in lookups if "bad" in u], lookups
+    assert len(lookups) <= 3, lookups
+
+    # An alert at a location nobody registered still counts among the active alerts.
+    stray = alert("ZZ99", AlertTransition.RAISED)
+    publish_keyed(kafka, "alerts", [(stray.sensor_id, stray)])
+    expect(page.locator('.count[data-status="alerts"] strong')).to_have_text(
+        str(len(dashboard.alerts) + 1)
+    )

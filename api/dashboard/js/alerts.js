@@ -145,7 +145,7 @@ function historySection(params) {
   const controls = {
     factory: select([['', t('board.all')], ...factories.map((f) => [f, f])], ''),
     building: el('input', { type: 'text', maxlength: '100' }),
-    loc_id: el('input', { type: 'text', maxlength: '32', value: params.get('loc_id') || '' }),
+    loc_id: el('input', { type: 'text', maxlength: '32', value: (params.get('loc_id') || '').slice(0, 32) }),
     metric: select(METRIC_OPTIONS(), ''),
     level: select([['', t('board.all')], ['warning', t('level.warning')], ['critical', t('level.critical')]], ''),
     kind: select([['', t('board.all')], ['threshold', t('alerts.kindThreshold')], ['sensor_silent', t('alerts.silent')]], ''),

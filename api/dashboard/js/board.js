@@ -197,9 +197,14 @@ export function renderBoard(main, _args, params) {
       if (tile.node.hidden) continue;
       n[tile.status] += 1;
     }
-    for (const a of store.alerts.values()) {
-      const loc = store.locations.get(a.loc_id);
-      if (loc && visible(loc)) n.alerts += 1;
+    // Unfiltered, every active alert counts, also one at a location not on the board.
+    const filtered = filters.factory || filters.building || filters.floor;
+    if (!filtered) n.alerts = store.alerts.size;
+    else {
+      for (const a of store.alerts.values()) {
+        const loc = store.locations.get(a.loc_id);
+        if (loc && visible(loc)) n.alerts += 1;
+      }
     }
     for (const [s, node] of Object.entries(counts)) node.textContent = String(n[s]);
   }
@@ -220,16 +225,22 @@ export function renderBoard(main, _args, params) {
   };
   pickers();
   build();
+  let relayout = 0;
   const offs = [
     on('readings', (ids) => schedule(ids)),
     on('alerts', ({ locs }) => schedule(locs)),
     on('tick', (locs) => schedule(locs)),
-    on('locations', () => { pickers(); build(); }),
+    // Locations arriving one after another are laid out once.
+    on('locations', () => {
+      clearTimeout(relayout);
+      relayout = setTimeout(() => { pickers(); build(); }, 300);
+    }),
   ];
   main.dataset.rendered = String(performance.now());
   performance.mark('board-rendered');
   return () => {
     for (const off of offs) off();
     if (frame) cancelAnimationFrame(frame);
+    clearTimeout(relayout);
   };
 }

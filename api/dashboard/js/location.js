@@ -281,17 +281,23 @@ export function renderLocation(main, args, params) {
   };
   load();
   loadHistory();
+  let historyTimer = 0;
   const offs = [
     on('readings', (ids) => { if (ids.has(locId)) tile.update(); }),
     on('tick', (locs) => { if (locs.has(locId)) tile.update(); }),
     on('alerts', ({ locs, event }) => {
       if (!locs.has(locId)) return;
       tile.update();
-      if (event) loadHistory();
+      if (event) {
+        // A burst of events asks for the history once (the sink writes a moment later).
+        clearTimeout(historyTimer);
+        historyTimer = setTimeout(loadHistory, 1500);
+      }
     }),
   ];
   return () => {
     controller.abort();
+    clearTimeout(historyTimer);
     for (const off of offs) off();
     for (const chart of charts) chart.destroy();
   };

@@ -73,6 +73,12 @@ const ignored = new Map(); // sensor_id -> performance.now() of the answer
 const ASK_AGAIN_MS = 60_000;
 let placedAll = false; // the whole list of locations has been read once
 const BATCH = 200; // the API's most ids in one /location/batch request
+// The API's pattern of a sensor id: anything else cannot be asked about (and is not drawn).
+const SENSOR_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+// sensor_id -> {loc, at}: the location the stream named when the API was last asked where
+// the sensor is.  A stream that keeps naming another location than the API's (the two are
+// updated apart) does not make the page ask again on every reading.
+const asked = new Map();
 
 function locationOf(r) {
   return {
@@ -97,6 +103,11 @@ function placeSensors(rows) {
       if (old) {
         old.sensors = old.sensors.filter((id) => id !== r.sensor_id);
         changed.add(before);
+        // Its last sensor moved away: the location leaves the board, as on a reload.
+        if (!old.sensors.length) {
+          store.locations.delete(before);
+          added = true;
+        }
       }
     }
     if (!r.is_active) {
@@ -115,7 +126,7 @@ function placeSensors(rows) {
     sensorLoc.set(r.sensor_id, r.loc_id);
     changed.add(r.loc_id);
   }
-  return { changed, added };
+  return { changed, added }; // added: the set of locations changed (laid out again)
 }
 
 export async function loadLocations() {
@@ -144,8 +155,11 @@ async function lookUpSensors() {
   if (!ids.length) return;
   let rows;
   try {
-    rows = await api(`/api/v1/location/batch/${ids.map(encodeURIComponent).join(',')}`);
+    rows = await api(`/api/v1/location/batch/${ids.join(',')}`);
   } catch (err) {
+    // Asked again after a while, not on every reading.
+    const now = performance.now();
+    for (const id of ids) ignored.set(id, now);
     reportError(err);
     return;
   }
@@ -156,9 +170,17 @@ async function lookUpSensors() {
   else if (changed.size) emit('readings', changed);
 }
 
-function lookUp(sensorId) {
+function lookUp(sensorId, streamLoc) {
+  const now = performance.now();
+  if (!SENSOR_ID.test(sensorId)) {
+    ignored.set(sensorId, now);
+    return;
+  }
   const since = ignored.get(sensorId);
-  if (since !== undefined && performance.now() - since < ASK_AGAIN_MS) return;
+  if (since !== undefined && now - since < ASK_AGAIN_MS) return;
+  const last = asked.get(sensorId);
+  if (last && last.loc === streamLoc && now - last.at < ASK_AGAIN_MS) return;
+  asked.set(sensorId, { loc: streamLoc, at: now });
   unknown.add(sensorId);
   if (!lookupTimer) lookupTimer = setTimeout(lookUpSensors, 250);
 }
@@ -178,10 +200,10 @@ function applyMeasurement(m) {
   });
   const placed = sensorLoc.get(m.sensor_id);
   if (placed === undefined || (locId !== undefined && locId !== placed)) {
-    if (placedAll) lookUp(m.sensor_id); // before that, the list will place it
-    return null;
+    if (placedAll) lookUp(m.sensor_id, locId); // before that, the list will place it
   }
-  return placed;
+  // Drawn where the API placed it (until a lookup says otherwise).
+  return placed === undefined ? null : placed;
 }
 
 export async function loadRealtime() {

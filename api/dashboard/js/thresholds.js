@@ -58,8 +58,15 @@ export function renderThresholds(main) {
       building: el('input', { id: 'th-building', type: 'text', maxlength: '100', value: band && band.building ? band.building : '' }),
       floor: el('input', { id: 'th-floor', type: 'number', step: '1', value: band && band.floor !== null ? band.floor : '' }),
       loc_id: el('input', { id: 'th-loc', type: 'text', maxlength: '32', value: band && band.loc_id ? band.loc_id : '' }),
-      hold_seconds: el('input', { id: 'th-hold', type: 'number', min: '0', step: '1', value: band ? band.hold_seconds : 60 }),
-      clear_seconds: el('input', { id: 'th-clear', type: 'number', min: '0', step: '1', value: band ? band.clear_seconds : 60 }),
+      // Required (checked on submit; the form leaves the rest to the API's messages): an
+      // emptied field must become neither 0 (an alert on the first reading out of band) nor
+      // the old value.
+      hold_seconds: el('input', {
+        id: 'th-hold', type: 'number', min: '0', step: '1', required: true, value: band ? band.hold_seconds : 60,
+      }),
+      clear_seconds: el('input', {
+        id: 'th-clear', type: 'number', min: '0', step: '1', required: true, value: band ? band.clear_seconds : 60,
+      }),
       clear_margin: el('input', { id: 'th-margin', type: 'number', min: '0', step: '0.01', value: band ? band.clear_margin : 0 }),
     };
     const labels = {
@@ -77,22 +84,24 @@ export function renderThresholds(main) {
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       fill(status); // an earlier "Saved." must not stand beside this attempt's error
-      if (!(await ensureLogin())) return;
       // Numbers are sent as the text typed (decimal strings, as the API answers them).
       const text = (node) => node.value.trim();
+      const missing = ['hold_seconds', 'clear_seconds'].filter((k) => text(c[k]) === '');
+      if (missing.length) {
+        fill(error, message('error', t('th.required', { fields: missing.map((k) => labels[k]).join(', ') })));
+        c[missing[0]].focus();
+        return;
+      }
+      if (!(await ensureLogin())) return;
       const body = {
         threshold_type: c.threshold_type.value, level: c.level.value,
         min_value: text(c.min_value) === '' ? null : text(c.min_value),
         max_value: text(c.max_value) === '' ? null : text(c.max_value),
         factory: text(c.factory) || null, building: text(c.building) || null,
         floor: text(c.floor) === '' ? null : Number(text(c.floor)), loc_id: text(c.loc_id) || null,
+        hold_seconds: Number(text(c.hold_seconds)), clear_seconds: Number(text(c.clear_seconds)),
         clear_margin: text(c.clear_margin) || '0',
       };
-      // An emptied hold or clear time takes the API's default, never 0 (which would
-      // raise an alert on the first reading out of band).
-      for (const key of ['hold_seconds', 'clear_seconds']) {
-        if (text(c[key]) !== '') body[key] = Number(text(c[key]));
-      }
       try {
         if (editing) await api(`/api/v1/thresholds/${editing.threshold_id}`, { method: 'PUT', body });
         else await api('/api/v1/thresholds/', { method: 'POST', body });
