@@ -145,8 +145,8 @@ def keep_serving(
     """Leave the API (and with it the dashboard) up after the simulation, with ``others``
     (the pipeline and a live simulator), until Ctrl-C or until the stack is stopped
     (`make down`), or the API exits; then stop them all."""
-    host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
     try:
+        host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
         if wait and all(c.proc.poll() is None for c in api):
             log.info(
                 "dashboard still on http://%s:%d/ ; press Ctrl-C to stop the demo",
@@ -516,11 +516,13 @@ def _run_pipeline(
     webhook: WebhookReceiver,
     smtp: SmtpSink,
 ) -> int:
+    """Start the children, simulate, report, and keep everything up until stopped.  Whatever
+    ends it (the end, Ctrl-C, a signal during the report or a second one), every child it
+    started is stopped on the way out."""
     before = topic_offsets(settings, DEMO_TOPICS)
-    children = start_children(settings, env)
-    interrupted = False
-    simulated = 1
+    children: list[Child] = []
     try:
+        children.extend(start_children(settings, env))
         time.sleep(3)  # let the bridge subscribe before gateways publish
         for child in children:
             if child.proc.poll() is not None:
@@ -530,23 +532,11 @@ def _run_pipeline(
             local_gateway(settings, DEMO_GATEWAY)
             simulate_args = ["--gateway", DEMO_GATEWAY, *simulate_args]
         simulated = subprocess.call(_iotmon("simulate", *simulate_args))
-        return simulated
-    except KeyboardInterrupt:
-        interrupted = True
-        return 130
-    finally:
         time.sleep(5)  # let the last readings through the pipeline
         # The notifier gets a while to send what it owes (digests included) before the
-        # report.  Then everything stays up for the live board (unless interrupted).
-        notifier = [c for c in children if c.name == "notifier"]
-        pipeline = [c for c in children if c.name not in ("notifier", "api")]
-        if interrupted:
-            stop_children(pipeline)
-        if all(c.proc.poll() is None for c in notifier):
+        # report.  Then everything stays up for the live board.
+        if all(c.proc.poll() is None for c in children if c.name == "notifier"):
             wait_for_deliveries(settings.db, after_id, subscription_ids, DELIVERY_WAIT_S)
-        if interrupted:
-            stop_children(notifier)
-            give_up(settings.db, subscription_ids)
         for name, (low, high) in topic_offsets(settings, DEMO_TOPICS).items():
             added = high - before.get(name, (0, 0))[1]
             log.info(
@@ -561,17 +551,35 @@ def _run_pipeline(
             notifications_since(settings.db, after_id),
             messages_since(settings.db, after_id),
         )
-        live = [] if interrupted or simulated != 0 else [live_simulator(settings, simulate_args)]
-        if not interrupted:
-            keep_serving(
-                settings,
-                [c for c in children if c.name == "api"],
-                wait=True,
-                others=[*live, *pipeline, *notifier],
-            )
+        if simulated == 0:
+            children.append(live_simulator(settings, simulate_args))
+        keep_serving(
+            settings,
+            [c for c in children if c.name == "api"],
+            wait=True,
+            others=[c for c in children if c.name != "api"],
+        )
+        return simulated
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        # Not to be cut short by one more Ctrl-C or signal: that would orphan the children.
+        with signals_ignored():
+            stop_children(children)
             give_up(settings.db, subscription_ids)
-        else:
-            stop_children([c for c in children if c.name == "api"])
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP ignored for a while (the demo's last clean-up)."""
+    kept = {
+        s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
 
 
 def give_up(db: DatabaseSettings, subscription_ids: list[int]) -> None:
