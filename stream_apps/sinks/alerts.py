@@ -13,12 +13,14 @@ is only replaced by one whose ``updated_at`` (the decision time of the last even
 is at least the stored one.  The API must therefore leave ``updated_at`` alone when it
 acknowledges an alert.
 
-There is one active alert per sensor, kind and metric.  When an alert is raised while the
-table still holds an older active one of the same sensor, kind and metric, the stream no
-longer knows the older one (its state was lost: a changelog deleted, a Kafka cluster
-rebuilt beside a kept database), and nothing would ever resolve it.  It is resolved then,
-``resolved_by = 'superseded'``, with a note naming the new alert.  Should the older alert's
-own resolution arrive later (a replay out of order), it replaces the supersession.
+There is one active alert per sensor, kind and metric.  When the table holds more (the
+stream's state was lost beside a kept database: a changelog deleted, a Kafka cluster
+rebuilt), the stream no longer knows the older ones and nothing would ever resolve them.
+So whenever a batch leaves an alert active, all but the newest active alert of its sensor,
+kind and metric (by the time of the reading that raised it) are resolved,
+``resolved_by = 'superseded'``, with a note naming the newest.  Should a superseded alert's
+own resolution arrive later (a replay out of order), it replaces the supersession and its
+note.  Neither the alerts topic nor the notifier hear of a supersession.
 """
 
 from __future__ import annotations
@@ -175,28 +177,42 @@ def _assignment(column: str) -> sql.Composed:
     )
 
 
+# The supersession's note goes with it when the alert's own resolution replaces it.
+_NOTE = sql.SQL(
+    "resolve_note = CASE WHEN alerts.resolved_by = {superseded} AND excluded.state = 'resolved'"
+    " THEN NULL ELSE alerts.resolve_note END"
+).format(superseded=sql.Literal(SUPERSEDED))
+
 _UPSERT_ALERT = sql.SQL(
     "INSERT INTO alerts ({columns}) VALUES ({placeholders})"
-    " ON CONFLICT (alert_id) DO UPDATE SET {assignments}"
+    " ON CONFLICT (alert_id) DO UPDATE SET {assignments}, {note}"
     " WHERE EXCLUDED.updated_at >= alerts.updated_at"
     " AND ({incoming}) IS DISTINCT FROM ({stored})"
 ).format(
     columns=sql.SQL(", ").join(sql.Identifier(c) for c in _ROW_COLUMNS),
     placeholders=sql.SQL(", ").join(sql.Placeholder() for _ in _ROW_COLUMNS),
     assignments=sql.SQL(", ").join(_assignment(c) for c in _DERIVED),
+    note=_NOTE,
     incoming=sql.SQL(", ").join(sql.Identifier("excluded", c) for c in _DERIVED),
     stored=sql.SQL(", ").join(sql.Identifier("alerts", c) for c in _DERIVED),
 )
 
 
-# Older active alerts of the same sensor, kind and metric as a newer active one: resolved
-# as superseded (see the module's docstring).
+# Of the active alerts of one sensor, kind and metric, all but the newest are resolved as
+# superseded by it (see the module's docstring).  "Newest" is by the time of the reading
+# that raised it (data time, so that a replay decided later does not make old data look
+# new), else by decision time.
 _SUPERSEDE = sql.SQL(
-    "UPDATE alerts SET state = 'resolved', resolved_at = %(at)s, resolved_by = {superseded},"
-    " resolve_note = coalesce(resolve_note, %(note)s)"
-    " WHERE state = 'active' AND sensor_id = %(sensor)s AND kind = %(kind)s"
+    "UPDATE alerts a SET state = 'resolved', resolved_by = {superseded},"
+    " resolved_at = greatest(n.alert_time, a.alert_time),"
+    " resolve_note = coalesce(a.resolve_note, 'superseded by alert ' || n.alert_id"
+    " || ', raised for the same sensor and metric while this one was still active')"
+    " FROM (SELECT alert_id, alert_time FROM alerts WHERE state = 'active'"
+    " AND sensor_id = %(sensor)s AND kind = %(kind)s"
     " AND alert_type IS NOT DISTINCT FROM %(metric)s"
-    " AND alert_time < %(at)s AND alert_id <> %(alert)s"
+    " ORDER BY coalesce(reading_time, alert_time) DESC, alert_id DESC LIMIT 1) n"
+    " WHERE a.state = 'active' AND a.sensor_id = %(sensor)s AND a.kind = %(kind)s"
+    " AND a.alert_type IS NOT DISTINCT FROM %(metric)s AND a.alert_id <> n.alert_id"
 ).format(superseded=sql.Literal(SUPERSEDED))
 
 
@@ -233,6 +249,14 @@ class AlertsWriter:
                 "SELECT pg_advisory_xact_lock(hashtextextended('iotmon.alert.' || %s, 0))",
                 [(str(a),) for a in alert_ids],
             )
+            # Superseding writes rows of other alerts of the same sensor, kind and metric:
+            # every writer of such a row takes that key's lock first (after the alerts',
+            # each list sorted), so two sinks cannot lock those rows in opposite orders.
+            keys = sorted({f"{e.sensor_id}|{e.kind.value}|{e.metric}" for e in events.values()})
+            cur.executemany(
+                "SELECT pg_advisory_xact_lock(hashtextextended('iotmon.alert-key.' || %s, 0))",
+                [(k,) for k in keys],
+            )
             cur.executemany(
                 "INSERT INTO alert_events (event_id, alert_id, transition, level,"
                 " measured_value, reading_time, decided_at, payload)"
@@ -262,21 +286,10 @@ class AlertsWriter:
             cur.executemany(_UPSERT_ALERT, [astuple(row) for row in rows])
             changed += max(cur.rowcount, 0)
             superseded = 0
-            for row in rows:
-                if row.state != ACTIVE:
-                    continue
-                cur.execute(
-                    _SUPERSEDE,
-                    {
-                        "at": row.alert_time,
-                        "note": f"superseded by alert {row.alert_id}, raised for the same"
-                        " sensor and metric while this one was still active",
-                        "sensor": row.sensor_id,
-                        "kind": row.kind,
-                        "metric": row.alert_type,
-                        "alert": row.alert_id,
-                    },
-                )
+            for sensor, kind, metric in sorted(
+                {(r.sensor_id, r.kind, r.alert_type or "") for r in rows if r.state == ACTIVE}
+            ):
+                cur.execute(_SUPERSEDE, {"sensor": sensor, "kind": kind, "metric": metric or None})
                 superseded += max(cur.rowcount, 0)
             if superseded:
                 log.warning(

@@ -574,3 +574,17 @@ def test_an_alert_the_stream_lost_is_superseded_by_the_next_one(sinks: Sinks) ->
         "system",
         own.decided_at,
     )
+    # and the supersession's note went with it
+    assert sinks.rows("SELECT resolve_note FROM alerts WHERE alert_id = %s", (lost,)) == [(None,)]
+
+    # A replay of older data, decided later, does not supersede the alert that is active:
+    # it is the one superseded.
+    replayed = alert_event(uuid.uuid4(), AlertTransition.RAISED, 20).model_copy(
+        update={"decided_at": HOUR + timedelta(hours=2)}
+    )
+    sinks.send("alerts", SENSOR, [replayed])
+    live.wait_records(5)
+    assert alert(sinks, newer)["state"] == "active"
+    row = alert(sinks, replayed.alert_id)
+    assert (row["state"], row["resolved_by"]) == ("resolved", "superseded")
+    assert row["resolved_at"] >= row["alert_time"]
