@@ -221,6 +221,9 @@ def test_live_changes_repaint_their_own_tiles_only(
     expect(page.locator("#live")).to_have_text("Live")
     tile = page.locator(f'.tile[data-loc="{stale_soon}"]')
     expect(tile).to_have_attribute("data-status", "normal")
+    # Once the streams are open the page asks for the values again, and repaints what they
+    # changed: the watch starts after that.
+    page.wait_for_function("() => performance.getEntriesByName('live-reloaded').length > 0")
     page.evaluate(WATCH_TILES)
 
     # An alert raised at B011 shows on B011's tile ...
@@ -302,4 +305,15 @@ def test_odd_streams_neither_flood_the_api_nor_leave_wrong_tiles(
     publish_keyed(kafka, "alerts", [(stray.sensor_id, stray)])
     expect(page.locator('.count[data-status="alerts"] strong')).to_have_text(
         str(len(dashboard.alerts) + 1)
+    )
+    # A newer alert of the same sensor and metric supersedes the one held (the sink does
+    # the same in the database): one badge, not two.
+    first = alert("B011", AlertTransition.RAISED)
+    publish_keyed(kafka, "alerts", [(first.sensor_id, first)])
+    expect(page.locator('.tile[data-loc="B011"] .tile-alert')).to_have_text("⚠ Warning")
+    second = alert("B011", AlertTransition.RAISED).model_copy(update={"level": Status.CRITICAL})
+    publish_keyed(kafka, "alerts", [(second.sensor_id, second)])
+    expect(page.locator('.tile[data-loc="B011"] .tile-alert')).to_have_text("⚠ Critical")
+    expect(page.locator('.count[data-status="alerts"] strong')).to_have_text(
+        str(len(dashboard.alerts) + 2)
     )

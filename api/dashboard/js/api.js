@@ -76,14 +76,18 @@ export async function api(path, { method = 'GET', body, signal, check = false, a
 /**
  * Every row of a list endpoint that pages with skip/limit (its order is stable), asked for
  * `size` rows at a time until a page comes back short.  A row that moved between two pages
- * (the list changed meanwhile) is kept once, by `key`; the reading stops at a page that
- * brings nothing new.
+ * (the list changed meanwhile) is kept once, by `key`, and pages overlap by a tenth so
+ * that up to that many rows removed meanwhile hide no other; the reading stops at a page
+ * that brings nothing new.
  */
 export async function apiAll(path, { key, size = 1000, signal } = {}) {
   const join = path.includes('?') ? '&' : '?';
   const rows = [];
   const seen = new Set();
-  for (let skip = 0; ; skip += size) {
+  // Pages overlap (by key): a row removed between two requests moves the next page up,
+  // and would hide the row that moved across the boundary.
+  const overlap = key ? Math.floor(size / 10) : 0;
+  for (let skip = 0; ; skip += size - overlap) {
     // eslint-disable-next-line no-await-in-loop
     const page = await api(`${path}${join}limit=${size}&skip=${skip}`, { signal });
     if (!Array.isArray(page)) throw new ApiError(0, `${path}: not a list`);

@@ -111,10 +111,10 @@ async function boot() {
     }
     return;
   }
-  live.then(() => {
+  live.then(async () => {
     performance.mark('live-open');
-    loadRealtime().catch(reportError);
-    loadActiveAlerts().catch(reportError);
+    await Promise.all([loadRealtime().catch(reportError), loadActiveAlerts().catch(reportError)]);
+    performance.mark('live-reloaded'); // what happened while the streams opened is in
   });
   window.addEventListener('hashchange', route);
   route();

@@ -98,7 +98,7 @@ function placeSensors(rows) {
   let added = false;
   for (const r of rows) {
     const before = sensorLoc.get(r.sensor_id);
-    if (before !== undefined && before !== r.loc_id) {
+    if (before !== undefined && (before !== r.loc_id || !r.is_active)) {
       const old = store.locations.get(before);
       if (old) {
         old.sensors = old.sensors.filter((id) => id !== r.sensor_id);
@@ -167,7 +167,7 @@ async function lookUpSensors() {
   for (const id of ids) if (!answered.has(id)) ignored.set(id, performance.now());
   const { changed, added } = placeSensors(rows);
   if (added) emit('locations');
-  else if (changed.size) emit('readings', changed);
+  if (changed.size) emit('readings', changed);
 }
 
 function lookUp(sensorId, streamLoc) {
@@ -220,7 +220,7 @@ export function normalAlert(a) {
   return {
     alert_id: a.alert_id, loc_id: a.loc_id, sensor_id: a.sensor_id, kind: a.kind,
     level: a.alert_level || a.level, metric: a.alert_type !== undefined ? a.alert_type : a.metric,
-    value: a.measured_value, since: a.alert_time || a.decided_at,
+    value: a.measured_value, since: a.alert_time || a.decided_at, reading: a.reading_time || null,
     acknowledged_by: a.acknowledged_by || null, acknowledged_at: a.acknowledged_at || null,
     message: a.message, factory: a.factory,
   };
@@ -293,6 +293,19 @@ function applyAlertEvent(e) {
     store.resolved.add(e.alert_id);
     if (e.loc_id) touched.add(e.loc_id);
   } else {
+    if (e.transition === 'raised') {
+      // One active alert per sensor, kind and metric: an older one (by the time of the
+      // reading that raised it, as the sink judges) still held here was superseded; the
+      // sink resolves it in the database, and no event says so.
+      const newAt = Date.parse(e.reading_time || e.decided_at);
+      for (const a of [...store.alerts.values()]) {
+        if (a.alert_id !== e.alert_id && a.sensor_id === e.sensor_id && a.kind === e.kind
+          && (a.metric ?? null) === (e.metric ?? null) && Date.parse(a.reading || a.since) < newAt) {
+          removeAlert(a.alert_id, touched);
+          store.resolved.add(a.alert_id);
+        }
+      }
+    }
     const held = store.alerts.get(e.alert_id);
     const next = normalAlert(e);
     next.eventAt = performance.now();
