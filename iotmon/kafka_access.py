@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from confluent_kafka.admin import (
     AclBinding,
+    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -203,4 +205,38 @@ def apply(
     if acls:
         for future in client.create_acls(acls, request_timeout=timeout).values():
             future.result()
+        _wait_until_in_force(client, plan, acls, timeout)
     log.info("Kafka access: %d principals, %d ACLs", len(plan), len(acls))
+
+
+def _wait_until_in_force(
+    client: AdminClient, plan: dict[Principal, list[Grant]], acls: list[AclBinding], timeout: float
+) -> None:
+    """Return once the broker's authorizer answers with every ACL.  The controller confirms
+    a creation before the broker has applied it: a client that ran at once could still be
+    refused (TOPIC_AUTHORIZATION_FAILED), seen here one run in a few dozen."""
+    wanted = set(acls)
+    deadline = time.monotonic() + timeout
+    while True:
+        seen: set[AclBinding] = set()
+        for principal in plan:
+            found = client.describe_acls(
+                # None matches any name and any host (the stubs say str; the library
+                # documents None for a filter).
+                AclBindingFilter(
+                    ResourceType.ANY,
+                    None,  # type: ignore[arg-type]
+                    ResourcePatternType.ANY,
+                    f"User:{principal}",
+                    None,  # type: ignore[arg-type]
+                    AclOperation.ANY,
+                    AclPermissionType.ANY,
+                ),
+                request_timeout=timeout,
+            ).result()
+            seen.update(found)
+        if wanted <= seen:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(wanted - seen)} Kafka ACLs not in force after {timeout} s")
+        time.sleep(0.1)
